@@ -1,0 +1,202 @@
+"""Generic numerical parity against reference fixture directories.
+
+A fixture directory holds `hparams.json` (the model), weights (`state_dict.npz`,
+`ema_state_dict.npz` and/or `checkpoint.ckpt`) and `io.npz` (inputs and the reference's
+outputs, layout in `shared/fixtures/README_text.md`). `check_fixture` rebuilds the model
+from the hparams, loads the weights, recomputes every output it knows how to produce and
+returns one row per output with its max error and tolerance. Nothing here knows fixture
+names: what is compared is decided by which arrays `io.npz` contains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pgm_jax import objectives
+from pgm_jax.interop.state_dict import load_state_dict
+from pgm_jax.models import ModelConfig, build_model
+from pgm_jax.sampling.categorical import categorical_from_uniform
+
+# Tolerances (fp32): README_text.md §7.
+ATOL_LOGITS = 1e-4
+RTOL_LOSS = 1e-5
+ATOL_NEAR_NEG_LARGE = 0.5  # MDLM's -1e6 mask column: float32 spacing there is 0.0625
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    error: float
+    tolerance: float
+    kind: str  # "abs" | "rel" | "mismatches"
+
+    @property
+    def ok(self) -> bool:
+        return self.error <= self.tolerance
+
+
+def model_config_from_hparams(hp: dict) -> ModelConfig:
+    """ModelConfig from a fixture's `hparams.json` (reference field names)."""
+    kind = hp["model_kind"]
+    if kind not in ("pgm", "mdlm_dit"):
+        raise ValueError(f"unsupported model_kind {kind!r} (text parity knows pgm, mdlm_dit)")
+    return ModelConfig(
+        kind=kind,
+        vocab_size=hp["vocab_size"],
+        mask_index=hp["mask_index"],
+        length=hp["length"],
+        hidden_size=hp["hidden_size"],
+        cond_dim=hp["cond_dim"],
+        n_heads=hp["n_heads"],
+        mlp_ratio=hp.get("mlp_ratio", 4),
+        dropout=hp.get("dropout", 0.0),
+        encoder_blocks=hp.get("encoder_blocks", 1),
+        decoder_blocks=hp.get("decoder_blocks", 1),
+        n_blocks=hp.get("n_blocks", 1),
+        swap_pre_query_mode=hp.get("swap_pre_query_mode", "learn+freqs"),
+        swap_query_process_mode=hp.get("swap_query_process_mode", "linear"),
+        time_conditioning=hp.get("time_conditioning", False),
+        rope_base=float(hp.get("rope_base", 10000.0)),
+    )
+
+
+def compare(name: str, ours, ref) -> Row:
+    """Max error of `ours` against `ref` with the tolerance the output kind calls for."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if ours.shape != ref.shape:
+        return Row(name, float("inf"), 0.0, f"shape {ours.shape} vs {ref.shape}")
+    if ref.ndim == 0 or name.startswith(("loss", "nelbo")):
+        err = float(np.max(np.abs(ours - ref) / np.maximum(np.abs(ref), 1e-12)))
+        return Row(name, err, RTOL_LOSS, "rel")
+    inf_mismatch = np.isinf(ours) != np.isinf(ref)
+    same_inf = np.isinf(ref) & (ours == ref)
+    finite = np.isfinite(ref) & np.isfinite(ours)
+    if inf_mismatch.any() or (np.isinf(ref) & ~same_inf).any():
+        return Row(name, float("inf"), ATOL_LOGITS, "abs (inf pattern differs)")
+    diff = np.abs(np.where(finite, ours, 0.0) - np.where(finite, ref, 0.0))
+    near_large = finite & (ref < -1e5)
+    tol_map = np.where(near_large, ATOL_NEAR_NEG_LARGE, ATOL_LOGITS)
+    if name.startswith("token_nll"):  # weighted by 1/t: compare relatively as well
+        tol_map = tol_map + RTOL_LOSS * np.abs(np.where(finite, ref, 0.0))
+    err = float(np.max(diff / tol_map)) * ATOL_LOGITS if diff.size else 0.0
+    return Row(name, err, ATOL_LOGITS, "abs")
+
+
+def _pgm_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    if "x" in io and "groups" in io:
+        dbg: dict = {} if prefix == "raw" else None
+        logits = model(jnp.asarray(io["x"]), jnp.asarray(io["groups"]), debug=dbg)
+        lp = objectives.pgm_logprobs(logits, mask_index)
+        out[f"logprobs_{prefix}"] = lp
+        suffix = "" if prefix == "raw" else "_ema"
+        if prefix == "raw":
+            out["logits_raw"] = logits
+            for k, v in dbg.items():
+                out[f"dbg_{k}"] = jnp.broadcast_to(v, io.get(f"dbg_{k}", v).shape)
+        if "t" in io:
+            logp_x0 = jnp.take_along_axis(lp, jnp.asarray(io["x"])[..., None], -1)[..., 0]
+            t = jnp.asarray(io["t"])
+            valid = jnp.asarray(io["valid"])
+            for split, train in (("train", True), ("val", False)):
+                nll = objectives.pgm_token_nll(logp_x0, jnp.asarray(io["groups"]), t,
+                                               train=train)
+                total, count = objectives.masked_mean(nll, valid)
+                out[f"token_nll_{split}{suffix}"] = nll
+                out[("loss_train" if train else "nelbo_val") + suffix] = total / count
+            out["t"] = objectives.stratify(jnp.asarray(io["t_uniform_u"]))
+    for tag in ("inf", "infu"):
+        if f"{tag}_x" not in io:
+            continue
+        dbg = {} if prefix == "raw" else None
+        logits = model.infer(
+            jnp.asarray(io[f"{tag}_x"]), jnp.asarray(io[f"{tag}_clean_positions"]),
+            jnp.asarray(io[f"{tag}_noisy_positions"]), jnp.asarray(io[f"{tag}_concrete_lengths"]),
+            debug=dbg,
+        )
+        out[f"{tag}_logprobs_{prefix}"] = objectives.pgm_logprobs(logits, mask_index)
+        if prefix == "raw":
+            out[f"{tag}_logits_raw"] = logits
+            out[f"{tag}_dbg_groupswap"] = dbg["groupswap"]
+    if prefix == "raw" and "inf_sample_u" in io:
+        with jax.enable_x64(True):
+            out["inf_sampled_tokens"] = categorical_from_uniform(
+                jnp.asarray(io["inf_logprobs_raw"], jnp.float64), jnp.asarray(io["inf_sample_u"])
+            )
+    return out
+
+
+def _dit_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    xt, x0 = jnp.asarray(io["x"]), jnp.asarray(io["x0"])
+    dbg: dict = {} if prefix == "raw" else None
+    logits = model(xt, debug=dbg)
+    lp = objectives.subs_logprobs(logits, xt, mask_index)
+    suffix = "" if prefix == "raw" else "_ema"
+    out[f"logprobs_{prefix}"] = lp
+    if prefix == "raw":
+        out["logits_raw"] = logits
+        for k, v in dbg.items():
+            out[f"dbg_{k}"] = jnp.broadcast_to(v, io.get(f"dbg_{k}", v).shape)
+    if "t" in io:
+        logp_x0 = jnp.take_along_axis(lp, x0[..., None], -1)[..., 0]
+        nll = objectives.mdlm_token_nll(logp_x0, xt, jnp.asarray(io["t"]), mask_index)
+        total, count = objectives.masked_mean(nll, jnp.asarray(io["valid"]))
+        out[f"token_nll{suffix}"] = nll
+        out[f"loss_train{suffix}"] = total / count
+        out[f"nelbo_val{suffix}"] = total / count
+        out["t"] = objectives.stratify(jnp.asarray(io["t_uniform_u"]))
+    return out
+
+
+OUTPUTS: dict[str, Callable] = {"pgm": _pgm_outputs, "mdlm_dit": _dit_outputs}
+
+
+def check_fixture(fixture: str | Path, weight_source: str = "npz") -> list[Row]:
+    """Recomputes every known output of `fixture/io.npz`; one Row per compared array.
+
+    weight_source: 'npz' (state_dict.npz / ema_state_dict.npz) or 'ckpt' (checkpoint.*).
+    """
+    fixture = Path(fixture)
+    hp = json.loads((fixture / "hparams.json").read_text())
+    cfg = model_config_from_hparams(hp)
+    with np.load(fixture / "io.npz") as z:
+        io = {k: z[k] for k in z.files}
+    computed: dict[str, np.ndarray] = {}
+    for which in ("raw", "ema"):
+        weights = _weights(fixture, which, weight_source)
+        if weights is None:
+            continue
+        model = build_model(cfg)
+        load_state_dict(model, weights)
+        computed.update(OUTPUTS[cfg.kind](model, io, which, cfg.mask_index))
+    rows = []
+    for name, value in computed.items():
+        if name not in io:
+            continue
+        if name.endswith("sampled_tokens") or io[name].dtype.kind in "iu":
+            mism = int(np.sum(np.asarray(value) != io[name]))
+            rows.append(Row(name, float(mism), 0.0, "mismatches"))
+        else:
+            rows.append(compare(name, value, io[name]))
+    return rows
+
+
+def _weights(fixture: Path, which: str, source: str) -> dict[str, np.ndarray] | None:
+    if source == "npz":
+        npz = fixture / ("state_dict.npz" if which == "raw" else "ema_state_dict.npz")
+        if not npz.exists():
+            return None
+        with np.load(npz) as z:
+            return {k: z[k] for k in z.files}
+    from pgm_jax.interop.convert import read_reference_checkpoint  # noqa: PLC0415
+
+    ckpt = sorted(fixture.glob("checkpoint.*"))
+    return read_reference_checkpoint(ckpt[0], weights=which) if ckpt else None

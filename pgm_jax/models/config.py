@@ -1,0 +1,86 @@
+"""Typed model configuration: the boundary between ml-collections configs and the modules."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+PRE_QUERY_MODES = ("learn", "learn+freqs", "learn+freqs+mean", "learn+freqs+logsumexp")
+QUERY_PROCESS_MODES = ("linear", "mlp4")
+MODEL_KINDS = ("pgm", "mdlm_dit")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shapes and switches of a PGM encoder-decoder or an MDLM DiT.
+
+    `vocab_size` counts the mask token; `length` is the maximum sequence length (RoPE and
+    GroupSwap position tables are built for positions 0..length-1).
+    """
+
+    kind: str = "pgm"
+    vocab_size: int = 512
+    mask_index: int = 511
+    length: int = 128
+    hidden_size: int = 768
+    cond_dim: int = 128
+    n_heads: int = 12
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+    encoder_blocks: int = 6
+    decoder_blocks: int = 6
+    n_blocks: int = 12
+    swap_pre_query_mode: str = "learn+freqs"
+    swap_query_process_mode: str = "linear"
+    time_conditioning: bool = False
+    rope_base: float = 10000.0
+    dtype: str = "float32"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.n_heads
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @classmethod
+    def from_mapping(cls, m: Any) -> ModelConfig:
+        """Builds from a ConfigDict / dict, ignoring keys that are not model fields."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        items = dict(m.items()) if hasattr(m, "items") else dict(m)
+        return cls(**{k: v for k, v in items.items() if k in names})
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, message) for every inconsistent setting; empty when valid."""
+        out = []
+        if self.kind not in MODEL_KINDS:
+            out.append(("kind", f"must be one of {MODEL_KINDS}"))
+        if self.hidden_size % self.n_heads:
+            out.append(("hidden_size", f"{self.hidden_size} is not divisible by n_heads"))
+        elif self.head_dim % 2:
+            out.append(("n_heads", "head_dim = hidden_size / n_heads must be even (RoPE)"))
+        if self.hidden_size % 2:
+            out.append(("hidden_size", "must be even (sinusoidal query positions)"))
+        if not 0 <= self.mask_index < self.vocab_size:
+            out.append(("mask_index", f"{self.mask_index} is outside [0, vocab_size)"))
+        if self.swap_pre_query_mode not in PRE_QUERY_MODES:
+            out.append(("swap_pre_query_mode", f"must be one of {PRE_QUERY_MODES}"))
+        if self.swap_query_process_mode not in QUERY_PROCESS_MODES:
+            out.append(("swap_query_process_mode", f"must be one of {QUERY_PROCESS_MODES}"))
+        if not 0.0 <= self.dropout < 1.0:
+            out.append(("dropout", "must be in [0, 1)"))
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            out.append(("dtype", "must be float32, bfloat16 or float16"))
+        if self.kind == "pgm" and self.time_conditioning:
+            out.append(("time_conditioning", "PGM never uses time (reference asserts it off)"))
+        for name in ("length", "hidden_size", "cond_dim", "n_heads", "mlp_ratio", "vocab_size"):
+            if getattr(self, name) <= 0:
+                out.append((name, "must be positive"))
+        blocks = ("encoder_blocks", "decoder_blocks") if self.kind == "pgm" else ("n_blocks",)
+        for name in blocks:
+            if getattr(self, name) <= 0:
+                out.append((name, "must be positive"))
+        return out

@@ -1,0 +1,224 @@
+"""Building blocks shared by the PGM encoder-decoder and the MDLM DiT.
+
+Every layer keeps its parameters in float32 and computes its matmuls in a configurable
+`dtype` (bf16 on accelerators); LayerNorm, softmax and the residual stream stay in float32
+(spec §1.11). Parameters carry a `logical_axes` metadata tuple that `pgm_jax.sharding` maps to
+mesh axes.
+
+Layouts follow the reference PyTorch code so that checkpoints convert one-to-one: a `Linear`
+kernel is the transposed torch weight, `[in, out]`; fused projections keep torch's row order
+(`[q | k | v]`, heads major inside each part).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+
+
+def torch_uniform(fan_in: int):
+    """PyTorch's default `nn.Linear` init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def zeros_init(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    del key
+    return jnp.zeros(shape, dtype)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel + bias, with kernel `[in, out]` (torch weight transposed)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        rngs: nnx.Rngs,
+        use_bias: bool = True,
+        zero_init: bool = False,
+        axes: tuple[str | None, str | None] = (None, None),
+        dtype: jnp.dtype = jnp.float32,
+    ):
+        init = zeros_init if zero_init else torch_uniform(in_features)
+        self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features)), logical_axes=axes)
+        self.bias = (
+            nnx.Param(init(rngs.params(), (out_features,)), logical_axes=(axes[1],))
+            if use_bias
+            else None
+        )
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis in float32 (eps 1e-5 as in the reference).
+
+    The reference's custom LayerNorm has a scale only (`use_bias=False`); GroupSwap's
+    `pre_query_norm` is a standard `nn.LayerNorm` with scale and bias.
+    """
+
+    def __init__(self, dim: int, *, use_bias: bool = False, eps: float = 1e-5):
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=("norm",))
+        self.bias = (
+            nnx.Param(jnp.zeros((dim,), jnp.float32), logical_axes=("norm",)) if use_bias else None
+        )
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...]
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y
+
+
+class Mlp(nnx.Module):
+    """Linear(in -> hidden) -> activation -> Linear(hidden -> out), both with bias."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        out_features: int,
+        *,
+        rngs: nnx.Rngs,
+        activation: str = "gelu_tanh",
+        dtype: jnp.dtype = jnp.float32,
+        axes: tuple[str, str] = ("embed", "mlp"),
+    ):
+        self.fc_in = Linear(in_features, hidden, rngs=rngs, axes=axes, dtype=dtype)
+        self.fc_out = Linear(hidden, out_features, rngs=rngs, axes=axes[::-1], dtype=dtype)
+        self.activation = activation
+
+    def __call__(self, x: Array) -> Array:
+        h = self.fc_in(x)
+        if self.activation == "gelu_tanh":
+            h = jax.nn.gelu(h, approximate=True)
+        elif self.activation == "silu":
+            h = jax.nn.silu(h)
+        else:
+            raise ValueError(f"unknown activation {self.activation!r}")
+        return self.fc_out(h)
+
+
+def modulate(x: Array, shift: Array, scale: Array) -> Array:
+    """adaLN modulation `x * (1 + scale) + shift`; shift/scale `[batch, 1, H]`."""
+    return x * (1.0 + scale) + shift
+
+
+def dropout(x: Array, rate: float, key: Array | None) -> Array:
+    """Inverted dropout; identity when `key` is None (evaluation) or `rate` is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- timestep embedding
+class TimestepEmbedder(nnx.Module):
+    """`c = silu(mlp(emb(sigma)))`, the reference `sigma_map` (256 sinusoid features -> C).
+
+    PGM never uses time (sigma is always 0), so `c` is a learned constant; the module is kept
+    so that checkpoints convert unchanged and the baselines can switch time conditioning on.
+    """
+
+    frequency_size = 256
+
+    def __init__(self, cond_dim: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
+        self.mlp = Mlp(
+            self.frequency_size, cond_dim, cond_dim, rngs=rngs, activation="silu", dtype=dtype,
+            axes=(None, None),
+        )
+
+    def __call__(self, sigma: Array) -> Array:
+        """sigma: float[batch] -> c: float32[batch, C]."""
+        half = self.frequency_size // 2
+        freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+        args = sigma.astype(jnp.float32)[:, None] * freqs[None]
+        emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+        return jax.nn.silu(self.mlp(emb).astype(jnp.float32))
+
+
+# ----------------------------------------------------------------------------- rotary embeddings
+def rope_inv_freq(head_dim: int, base: float = 10000.0) -> np.ndarray:
+    """The reference buffer `rotary_emb.inv_freq`, float32 [head_dim // 2]."""
+    exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    return (np.float32(1.0) / (np.float32(base) ** exponent)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def rope_table(length: int, head_dim: int, base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin tables float32 [length, head_dim // 2] for absolute positions 0..length-1."""
+    t = np.arange(length, dtype=np.float32)
+    freqs = np.outer(t, rope_inv_freq(head_dim, base)).astype(np.float32)
+    return np.cos(freqs), np.sin(freqs)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """NeoX (rotate-half) rotary embedding.
+
+    x: [batch, n, heads, d]; cos, sin: [batch or 1, n, d/2] gathered at absolute positions.
+    """
+    d2 = x.shape[-1] // 2
+    cos = cos[:, :, None, :].astype(x.dtype)
+    sin = sin[:, :, None, :].astype(x.dtype)
+    x1, x2 = x[..., :d2], x[..., d2:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+@functools.lru_cache(maxsize=16)
+def sinusoidal_table(length: int, dim: int, base: float = 10000.0) -> np.ndarray:
+    """GroupSwap's `pos_freqs` float32 [length, dim]: cos half then sin half (not interleaved)."""
+    i = np.arange(dim // 2, dtype=np.float64)
+    angles = np.arange(length, dtype=np.float64)[:, None] / base ** (2 * i / dim)[None]
+    return np.concatenate([np.cos(angles), np.sin(angles)], axis=-1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- attention
+def split_heads(x: Array, n_heads: int) -> Array:
+    """[batch, n, heads*d] -> [batch, n, heads, d] (heads major, as torch's '(h d)')."""
+    return x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
+
+
+def masked_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Softmax attention where a query row with no allowed key outputs zeros.
+
+    q: [batch, nq, heads, d]; k, v: [batch, nk, heads, d]; mask: bool [batch, nq, nk]
+    (True = may attend), broadcast over heads. Returns [batch, nq, heads * d].
+
+    Why not `jax.nn.dot_product_attention`: it masks with a large finite negative, so a row
+    with no allowed key attends uniformly to *every* key, which in PGM training is the
+    query's own group and leaks the targets (spec §9.1). PyTorch SDPA returns zeros there.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    m = mask[:, None, :, :]
+    scores = jnp.where(m, scores, -jnp.inf)
+    row_max = jnp.max(scores, axis=-1, keepdims=True)
+    row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+    p = jnp.exp(scores - row_max)
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    p = p / jnp.where(denom > 0, denom, 1.0)
+    out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v)
+    return out.reshape(*out.shape[:2], -1)

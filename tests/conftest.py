@@ -1,0 +1,29 @@
+"""Test set-up: 8 fake CPU devices, configured before jax is imported anywhere."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
+
+
+def shared_dir() -> Path:
+    """The project's shared material (`../shared` beside the checkout; PGM_SHARED_DIR wins)."""
+    env = os.environ.get("PGM_SHARED_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    d = shared_dir() / "fixtures"
+    if not d.is_dir():
+        pytest.skip(f"reference fixtures not found at {d}")
+    return d
