@@ -24,7 +24,8 @@ def get_config() -> ConfigDict:
     c.model.encoder_blocks = 6  # PGM encoder depth
     c.model.decoder_blocks = 6  # PGM cross-attention decoder depth
     c.model.n_blocks = 12  # MDLM DiT depth
-    c.model.swap_pre_query_mode = "learn+freqs"  # learn | learn+freqs | learn+freqs+mean | +logsumexp
+    # learn | learn+freqs | learn+freqs+mean | learn+freqs+logsumexp
+    c.model.swap_pre_query_mode = "learn+freqs"
     c.model.swap_query_process_mode = "linear"  # linear | mlp4
     c.model.time_conditioning = False  # PGM requires False; baselines may switch it on
     c.model.dtype = "float32"  # matmul/attention compute dtype: float32 | bfloat16

@@ -8,7 +8,7 @@ step, RNG and data position).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from pgm_jax import cli

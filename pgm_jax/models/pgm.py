@@ -67,7 +67,8 @@ class GroupSwap(nnx.Module):
         `+mean` / `+logsumexp` modes, else None. Returns [batch|1, nq, H].
         """
         mode = self.cfg.swap_pre_query_mode
-        q0 = jnp.broadcast_to(self.base_embedding[...][None], (*positions.shape, self.cfg.hidden_size))
+        shape = (*positions.shape, self.cfg.hidden_size)
+        q0 = jnp.broadcast_to(self.base_embedding[...][None], shape)
         if "freqs" in mode:
             table = layers.sinusoidal_table(self.cfg.length, self.cfg.hidden_size)
             q0 = q0 + jnp.asarray(table)[positions]

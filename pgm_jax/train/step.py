@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from pgm_jax import objectives, sharding
-from pgm_jax.models import DiT, PGM
+from pgm_jax.models import PGM, DiT
 
 Array = jax.Array
 Batch = dict[str, Array]
