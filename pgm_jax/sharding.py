@@ -43,7 +43,8 @@ def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
     if len(unknown) > 1:
         raise MeshError(f"mesh.{' and mesh.'.join(unknown)} are both -1; at most one may be")
     if any(s == 0 or s < -1 for s in shape):
-        raise MeshError(f"mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, shape, strict=True))}")
+        sizes_now = dict(zip(MESH_AXES, shape, strict=True))
+        raise MeshError(f"mesh sizes must be positive or -1, got {sizes_now}")
     known = math.prod(s for s in shape if s != -1)
     if unknown:
         if num_devices % known:
