@@ -19,6 +19,7 @@ from pgm_jax.data import TextData, load_text_data
 from pgm_jax.data.pipeline import eval_batches, num_eval_batches, train_iterator
 from pgm_jax.metrics import MetricsWriter, Progress
 from pgm_jax.models import ModelConfig, build_model
+from pgm_jax.restore import CHECKPOINT_DIR
 from pgm_jax.sampling import generate
 from pgm_jax.train import optim
 from pgm_jax.train.step import (
@@ -32,7 +33,6 @@ from pgm_jax.train.step import (
     state_shardings,
 )
 
-CHECKPOINT_DIR = "checkpoints"
 EVAL_SEED_OFFSET = 7919  # eval noise key: fixed per run so evaluations are comparable
 
 

@@ -1,0 +1,44 @@
+"""Loading a run's weights and tokenizer for inference (sampling, evaluation)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import logging
+from flax import nnx
+
+from pgm_jax import checkpoint, sharding
+from pgm_jax.data.tokenizer import Tokenizer
+from pgm_jax.models import ModelConfig, build_model
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def load_tokenizer(workdir: str) -> Tokenizer | None:
+    """The run's sentencepiece tokenizer, or None (e.g. a converted reference checkpoint)."""
+    path = os.path.join(workdir, "tokenizer.model")
+    if not os.path.exists(path):
+        logging.warning("%s not found: samples are written as token ids", path)
+        return None
+    return Tokenizer.from_file(path)
+
+
+def restore_params(workdir: str, model_cfg: ModelConfig, mesh: jax.sharding.Mesh,
+                   step: int | None = None, item: str = "ema"
+                   ) -> tuple[nnx.GraphDef, dict, int]:
+    """(graphdef, params on `mesh`, step) for the `item` ('ema' or 'params') weights."""
+    abstract_model = nnx.eval_shape(lambda: build_model(model_cfg))
+    graphdef, abstract_state = nnx.split(abstract_model)
+    shardings = sharding.named(mesh, sharding.param_specs(abstract_model, mesh))
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), read_only=True)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise checkpoint.CheckpointError(
+            f"no checkpoint in {ckpt.directory}: train with pgm_jax.main or convert one "
+            "with pgm_jax.convert"
+        )
+    target = checkpoint.abstract(nnx.to_pure_dict(abstract_state), shardings)
+    params = ckpt.restore(step, {item: target})[item]
+    ckpt.close()
+    return graphdef, params, step
