@@ -23,12 +23,12 @@ def get_config():
     c.model.dropout = 0.0
     c.data.vocab_size = 4096
     c.data.val_fraction = 0.1
-    c.train.batch_size = 32
-    c.train.num_steps = 600
+    c.train.batch_size = 16
+    c.train.num_steps = 500
     c.train.log_every = 25
-    c.train.eval_every = 200
+    c.train.eval_every = 250
     c.train.eval_batch_size = 32
-    c.train.checkpoint_every = 200
+    c.train.checkpoint_every = 250
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 50
     c.optim.schedule = "cosine"

@@ -204,6 +204,8 @@ def train(config: ConfigDict, workdir: str) -> dict:
             progress.add("checkpoint", time.perf_counter() - t0)
     if pending is not None:
         result["train"] = _log_train(progress, writer, *pending)
+    if "eval" not in result:  # resumed a finished run: report its quality anyway
+        result["eval"] = _eval_and_log(run, eval_step, state, writer, step)
     ckpt.close()
     result["step"] = step
     result["phase_seconds"] = dict(progress.phase_seconds)

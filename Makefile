@@ -1,0 +1,36 @@
+# pgm_jax: two commands on a fresh machine.
+#   make demo   create .venv, train a small PGM on the bundled Python docs (CPU), sample
+#   make test   create .venv with the dev extras, run the test suite (8 fake CPU devices)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= runs/demo
+
+.PHONY: demo demo-mdlm test lint clean-demo
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt requirements.txt $(VENV)/.runtime
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+demo: $(VENV)/.runtime
+	$(PY) -m pgm_jax.main --config=configs/demo.py --workdir=$(DEMO_DIR)
+	$(PY) -m pgm_jax.sample --workdir=$(DEMO_DIR) --num_samples=3 --batch_size=3
+
+demo-mdlm: $(VENV)/.runtime
+	$(PY) -m pgm_jax.main --config=configs/demo.py --config.algo=mdlm --workdir=$(DEMO_DIR)-mdlm
+	$(PY) -m pgm_jax.sample --workdir=$(DEMO_DIR)-mdlm --num_samples=3 --batch_size=3
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q --durations=10
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+
+clean-demo:
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)-mdlm
