@@ -36,6 +36,7 @@ def get_config() -> ConfigDict:
     c.data = ConfigDict()
     c.data.source = "pydoc"  # pydoc (CPython docs, no download) | files | lm1b | owt
     c.data.files = ""  # source=files: comma-separated .txt/.jsonl paths or globs
+    c.data.path = ""  # prepared dataset directory (local or gs://) for lm1b / owt / text
     c.data.vocab_size = 4096  # sentencepiece pieces (trained on first run, saved in workdir)
     c.data.val_fraction = 0.05  # last documents held out for validation
     c.data.worker_count = 0  # grain worker processes (0 = in-process; best on small hosts)
