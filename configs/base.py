@@ -11,7 +11,9 @@ from ml_collections import ConfigDict
 def get_config() -> ConfigDict:
     c = ConfigDict()
     c.seed = 1  # model init, time/partition noise, dropout and data order all derive from it
-    c.algo = "pgm"  # "pgm" (Partition Generative Model) or "mdlm" (masked diffusion baseline)
+    # pgm (Partition Generative Model) | mdlm (masked diffusion) | complement_mdlm (MDLM trained
+    # on x_t and its complement, evaluated as MDLM) | ar (causal transformer, exact NLL)
+    c.algo = "pgm"
 
     # --- model (spec §1); vocab_size / mask_index come from the tokenizer when -1
     c.model = ConfigDict()
@@ -29,21 +31,41 @@ def get_config() -> ConfigDict:
     c.model.swap_query_process_mode = "linear"  # linear | mlp4
     c.model.time_conditioning = False  # PGM requires False; baselines may switch it on
     c.model.dtype = "float32"  # matmul/attention compute dtype: float32 | bfloat16
+    # memory / compile time (none changes the parameters or the results beyond float rounding):
+    # per-block rematerialisation: none | full (keep block inputs only) | dots (keep matmul
+    # outputs) | dots_no_batch (keep weight matmuls, recompute attention)
+    c.model.remat = "none"
+    c.model.scan_layers = False  # lax.scan over the blocks: one compiled block per stack
+    c.model.logits_chunk = 0  # >0: training head + log-softmax over this many positions at once
     c.model.vocab_size = -1  # -1: from the tokenizer (includes the appended MASK id)
     c.model.mask_index = -1  # -1: from the tokenizer
 
     # --- data
     c.data = ConfigDict()
-    c.data.source = "pydoc"  # pydoc (CPython docs, no download) | files | lm1b | owt
-    c.data.files = ""  # source=files: comma-separated .txt/.jsonl paths or globs
-    c.data.path = ""  # prepared dataset directory (local or gs://) for lm1b / owt / text
+    # pydoc (CPython docs, no download) | files (local text, in memory) | owt | text (a folder
+    # made by `python -m pgm_jax.data.prepare owt|text`) | lm1b (a TFDS data dir)
+    c.data.source = "pydoc"
+    c.data.files = ""  # source=files: comma-separated .txt/.jsonl/.parquet paths or globs
+    c.data.path = ""  # owt / text: the prepared dataset directory; lm1b: the TFDS data dir
+    c.data.tokenizer_path = ""  # lm1b: bert-base-uncased vocab.txt ("": DATA.PATH/vocab.txt)
+    c.data.wrap = False  # lm1b: wrap sentences into blocks (reference: padded, one per row)
+    # padded data (lm1b, text --layout=pad): pack train sequences into rows with segment ids that
+    # restrict attention (PGM); evaluation stays padded
+    c.data.pack = False
     c.data.vocab_size = 4096  # sentencepiece pieces (trained on first run, saved in workdir)
+    c.data.bos_id = -1  # BOS token id for sampling; -1: the tokenizer's (GPT-2 50256, BERT 101)
     c.data.val_fraction = 0.05  # last documents held out for validation
-    c.data.worker_count = 0  # grain worker processes (0 = in-process; best on small hosts)
+    # grain worker processes: -1 = automatic (none on <= 4 cores, else half the cores, <= 16),
+    # 0 = read in the trainer process
+    c.data.worker_count = -1
+    # True: run the input pipeline only (no model) and print examples/s and tokens/s
+    c.data.benchmark = False
+    c.data.benchmark_batches = 200  # batches timed by the data-only benchmark
 
     # --- training loop
     c.train = ConfigDict()
     c.train.batch_size = 512  # global batch (sequences), split over data x fsdp devices
+    c.train.grad_accum = 1  # micro-batches per step (batch_size / grad_accum sequences each)
     c.train.num_steps = 1_000_000
     c.train.log_every = 100  # progress line + metrics.jsonl row
     c.train.eval_every = 20_000  # validation NELBO / perplexity with the EMA weights
@@ -52,6 +74,14 @@ def get_config() -> ConfigDict:
     c.train.checkpoint_every = 5_000
     c.train.keep_checkpoints = 3
     c.train.sample_every = 0  # 0 = off; else write a few samples to the workdir periodically
+    # NaN / Inf loss or gradient norm: the step never updates params, optimizer or EMA, and is
+    # logged with its number; "skip" continues, "stop" ends the run (exit status 1) at the next
+    # log line with the last finite state (checkpoints are left as they were)
+    c.train.nonfinite = "skip"
+    # JAX profiler trace of steps profile_start .. profile_start + profile_steps - 1 on process
+    # 0, written to WORKDIR/tb/plugins/profile/ (TensorBoard's profile tab); 0 = off
+    c.train.profile_start = 0
+    c.train.profile_steps = 5
 
     # --- optimizer (spec §5.1)
     c.optim = ConfigDict()
@@ -66,11 +96,18 @@ def get_config() -> ConfigDict:
     c.optim.grad_clip = 1.0
     c.optim.ema_decay = 0.9999
 
-    # --- device mesh (one -1 is filled from the device count)
+    # --- device mesh: each axis = ICI size (inside a TPU slice / GPU node) x DCN size (across
+    # slices / nodes); one -1 per group is filled from the device (slice) count
     c.mesh = ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
-    c.mesh.tensor = 1
+    c.mesh.data = -1  # pure data parallelism
+    c.mesh.fsdp = 1  # data parallelism with parameters sharded over the embedding dimension
+    c.mesh.tensor = 1  # tensor parallelism over heads, MLP and vocabulary
+    c.mesh.dcn_data = 1  # >1 (or -1): a hybrid mesh over TPU slices (multislice) or processes
+    c.mesh.dcn_fsdp = 1
+    c.mesh.dcn_tensor = 1
+    # refuse to start when more than this fraction of the parameter values stays replicated
+    # while fsdp x tensor > 1 (a rule or mesh size that does not divide the model's dimensions)
+    c.mesh.max_replicated_fraction = 0.05
 
     # --- sampling (pgm_jax.sample and periodic samples)
     c.sample = ConfigDict()
@@ -79,5 +116,21 @@ def get_config() -> ConfigDict:
     c.sample.batch_size = 4
     c.sample.top_p = 1.0  # nucleus filtering (1.0 = off)
     c.sample.temperature = 1.0  # 0 = greedy
-    c.sample.float64 = False  # reference float64 Gumbel arithmetic
+    # True: the reference's float64 Gumbel-max over the vocabulary; False: the same distribution
+    # drawn in float32 (two-level Gumbel-max over ~sqrt(V) blocks, 32-bit noise)
+    c.sample.float64 = False
+    # PGM schedule: efficient-uniform (L / steps tokens per call, the reference default) |
+    # efficient-non-uniform (Binomial(L, 1/steps) tokens per sequence and call)
+    c.sample.mode = "efficient-uniform"
+    # PGM encoder / AR prefix padded to a multiple of this many tokens (one compiled shape per
+    # multiple; 0 = automatic: L/16, at least 64); the samples do not depend on it
+    c.sample.bucket = 0
+
+    # --- evaluation (pgm_jax.evaluate)
+    c.eval = ConfigDict()
+    # judge LM for generative perplexity: a Hugging Face GPT-2 directory (config.json +
+    # model.safetensors) or a pgm_jax run trained with algo=ar; "" = no generative perplexity
+    c.eval.judge = ""
+    c.eval.num_samples = 64  # samples drawn for generative perplexity / entropy
+    c.eval.judge_batch_size = 8  # sequences per judge call (the reference's perplexity_batch_size)
     return c

@@ -5,6 +5,7 @@ Errors name the key (`config.model.hidden_size=...: ...`) so a user can fix the 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 
@@ -12,7 +13,8 @@ from ml_collections import ConfigDict
 
 from pgm_jax.models import ModelConfig
 
-ALGO_TO_KIND = {"pgm": "pgm", "mdlm": "mdlm_dit"}
+NONFINITE = ("skip", "stop")  # config.train.nonfinite: what a NaN / Inf loss or gradient does
+ALGO_TO_KIND = {"pgm": "pgm", "mdlm": "mdlm_dit", "complement_mdlm": "mdlm_dit", "ar": "ar"}
 
 
 class ConfigError(ValueError):
@@ -24,12 +26,13 @@ def _err(key: str, value, message: str) -> ConfigError:
 
 
 def validate(config: ConfigDict) -> None:
-    """Raises ConfigError for the first invalid value (types and ranges of every section)."""
+    """Raises ConfigError for the first invalid value (keys, types and ranges of every section)."""
+    _check_schema(config)
     if config.algo not in ALGO_TO_KIND:
         raise _err("algo", config.algo, f"must be one of {sorted(ALGO_TO_KIND)}")
     positive = {
-        "train": ("batch_size", "num_steps", "log_every", "eval_every", "eval_batch_size",
-                  "checkpoint_every", "keep_checkpoints"),
+        "train": ("batch_size", "grad_accum", "num_steps", "log_every", "eval_every",
+                  "eval_batch_size", "checkpoint_every", "keep_checkpoints"),
         "data": ("vocab_size",),
         "sample": ("steps", "num_samples", "batch_size"),
     }
@@ -38,9 +41,14 @@ def validate(config: ConfigDict) -> None:
             value = config[section][key]
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise _err(f"{section}.{key}", value, "must be a positive integer")
-    for key in ("eval_batches", "sample_every"):
+    for key in ("eval_batches", "sample_every", "profile_start", "profile_steps"):
         if config.train[key] < 0:
             raise _err(f"train.{key}", config.train[key], "must be >= 0")
+    if config.train.nonfinite not in NONFINITE:
+        raise _err("train.nonfinite", config.train.nonfinite, f"must be one of {NONFINITE}")
+    if config.data.pack and config.algo != "pgm":
+        raise _err("data.pack", True, "packed sequences (segment ids) are only supported with "
+                   "algo=pgm; use data.wrap or padding for the baselines")
     if not 0.0 < config.data.val_fraction < 1.0:
         raise _err("data.val_fraction", config.data.val_fraction, "must be in (0, 1)")
     o = config.optim
@@ -59,16 +67,76 @@ def validate(config: ConfigDict) -> None:
         raise _err("sample.top_p", config.sample.top_p, "must be in (0, 1]")
     if config.sample.temperature < 0:
         raise _err("sample.temperature", config.sample.temperature, "must be >= 0")
-    for axis in ("data", "fsdp", "tensor"):
+    if config.algo == "pgm" and config.model.length % config.sample.steps:
+        raise _err("sample.steps", config.sample.steps,
+                   f"must divide model.length={config.model.length} (PGM decodes "
+                   "length / steps tokens per step)")
+    for axis in ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor"):
         v = config.mesh[axis]
         if not isinstance(v, int) or (v <= 0 and v != -1):
             raise _err(f"mesh.{axis}", v, "must be a positive integer or -1")
+    if not 0.0 <= config.mesh.max_replicated_fraction <= 1.0:
+        raise _err("mesh.max_replicated_fraction", config.mesh.max_replicated_fraction,
+                   "must be in [0, 1]")
     m = config.model
     probe = model_config(config, vocab_size=max(m.vocab_size, 2), mask_index=max(m.mask_index, 0))
     for field, message in probe.problems():
         if field in ("vocab_size", "mask_index") and m[field] == -1:
             continue
         raise _err(f"model.{field}", m[field] if field in m else None, message)
+
+
+def _check_schema(config: ConfigDict) -> None:
+    """Every key of configs/base.py present with its type (an int may stand for a float), and
+    no other key: a misspelt key in a config file would otherwise be silently ignored."""
+    from configs import base  # noqa: PLC0415  (the documented schema; a repository package)
+
+    expected, given = flatten(base.get_config()), flatten(config)
+    for key in given.keys() - expected.keys():
+        close = difflib.get_close_matches(key, expected, n=1)
+        hint = f"did you mean config.{close[0]}? " if close else ""
+        raise ConfigError(f"config.{key}: unknown key ({hint}configs/base.py documents every "
+                          "key)")
+    for key, default in expected.items():
+        if key not in given:
+            raise ConfigError(f"config.{key} is missing: build the config on "
+                              "configs.base.get_config(), which sets every key")
+        value, kind = given[key], type(default)
+        ok = (isinstance(value, int | float) and not isinstance(value, bool) if kind is float
+              else isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))
+        if not ok:
+            raise _err(key, value, f"must be of type {kind.__name__}")
+
+
+def flatten(config: ConfigDict | dict, prefix: str = "") -> dict:
+    """{"train.batch_size": 512, ...}: every leaf of a (nested) config by its dotted key."""
+    out = {}
+    items = config.to_dict() if isinstance(config, ConfigDict) else config
+    for k, v in items.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+RESUME_IGNORED = ("model.dropout", "model.dtype")  # model keys that may change on resume
+
+
+def check_resume(config: ConfigDict, stored: ConfigDict, workdir: str) -> None:
+    """Raises ConfigError if `config` changes what the checkpoints in `workdir` hold: the
+    algorithm, the model's shapes or the vocabulary (`stored` is the run's config.json)."""
+    new, old = flatten(config), flatten(stored)
+    keys = ["algo", "data.vocab_size"] + [k for k in new if k.startswith("model.")]
+    for key in keys:
+        if key in RESUME_IGNORED or key not in old or new[key] == old[key]:
+            continue
+        if key in ("model.vocab_size", "model.mask_index") and new[key] == -1:
+            continue  # resolved from the (unchanged) tokenizer
+        raise ConfigError(
+            f"config.{key}={new[key]!r} but the checkpoints in {workdir} were trained with "
+            f"{old[key]!r}: pass --config.{key}={old[key]!r} or use a new --workdir"
+        )
 
 
 def model_config(config: ConfigDict, *, vocab_size: int | None = None,

@@ -10,6 +10,8 @@ Every loss is a per-token average over *valid* tokens (LM1B padding excluded).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -34,6 +36,12 @@ def antithetic_t(key: Array, n: int) -> Array:
     """
     u = jax.random.uniform(key, (n,), jnp.float32)
     return stratify(u)
+
+
+def batch_times(key: Array, batch: dict[str, Array]) -> Array:
+    """Times float32 [b] for a (micro-)batch: `batch["t"]` when the train step drew them over
+    the global batch and sliced them (gradient accumulation), else `antithetic_t` over it."""
+    return batch["t"] if "t" in batch else antithetic_t(key, batch["tokens"].shape[0])
 
 
 def stratify(u: Array) -> Array:
@@ -81,6 +89,34 @@ def target_logprob(logits: Array, targets: Array, mask_index: int) -> Array:
     return picked - jax.nn.logsumexp(masked, axis=-1)
 
 
+def chunked_target_logprob(head: Callable[[Array], Array], h: Array, targets: Array,
+                           mask_index: int, chunk: int) -> Array:
+    """`target_logprob(head(h), targets)` computed `chunk` positions at a time.
+
+    head: features [batch, c, H] -> logits [batch, c, V]; h: [batch, n, H]; targets: int
+    [batch, n] -> float32 [batch, n]. Each chunk's logits are rebuilt in the backward pass
+    (`jax.checkpoint`), so forward and backward hold [batch, chunk, V] logits at a time instead
+    of [batch, n, V] (a 50k vocabulary at L = 1024 is 200 MB per sequence in float32).
+    chunk <= 0 or >= n: one piece. The sequence is zero-padded to a multiple of `chunk`.
+    """
+    n = h.shape[1]
+    if chunk <= 0 or chunk >= n:
+        return target_logprob(head(h), targets, mask_index)
+    pad = -n % chunk
+    h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    b, pieces = h.shape[0], (n + pad) // chunk
+    hs = h.reshape(b, pieces, chunk, h.shape[-1]).swapaxes(0, 1)  # [pieces, batch, chunk, H]
+    ts = targets.reshape(b, pieces, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def piece(hc: Array, tc: Array) -> Array:
+        return target_logprob(head(hc), tc, mask_index)
+
+    out = jax.lax.map(lambda xs: piece(*xs), (hs, ts))  # [pieces, batch, chunk]
+    return out.swapaxes(0, 1).reshape(b, pieces * chunk)[:, :n]
+
+
 # ----------------------------------------------------------------------------- losses
 def pgm_token_nll(logp_x0: Array, groups: Array, t: Array, *, train: bool) -> Array:
     """Per-token PGM loss terms float32 [batch, L] (positive).
@@ -105,3 +141,26 @@ def masked_mean(token_nll: Array, valid: Array) -> tuple[Array, Array]:
     """(sum of token_nll * valid, number of valid tokens), both float32 scalars."""
     valid = valid.astype(jnp.float32)
     return jnp.sum(token_nll * valid), jnp.sum(valid)
+
+
+def sigma_of(t: Array) -> Array:
+    """sigma_t = -log(alpha_t) [batch]: what a time-conditioned backbone is fed (spec §2.1)."""
+    return -jnp.log(alpha(t))
+
+
+def complement_mask(x0: Array, xt: Array, mask_index: int) -> Array:
+    """x_t^c: masks exactly the tokens x_t left visible (and unmasks the others)."""
+    return jnp.where(xt == x0, mask_index, x0)
+
+
+def complement_mdlm_token_nll(logp_x0: Array, logp_x0_comp: Array, x0: Array, xt: Array,
+                              t: Array, mask_index: int) -> Array:
+    """Complementary-masking MDLM training terms float32 [batch, L] (spec §2.7).
+
+    logp_x0 / logp_x0_comp: log p(x0_i) [batch, L] from the passes on x_t (time t) and on
+    x_t^c (time 1 - t). Each token is scored by the pass that masks it, with that pass's MDLM
+    weight; the sum is halved, like PGM's two-sided training loss.
+    """
+    orig = mdlm_token_nll(logp_x0, xt, t, mask_index)
+    comp = mdlm_token_nll(logp_x0_comp, complement_mask(x0, xt, mask_index), 1.0 - t, mask_index)
+    return jnp.where(xt != x0, orig, comp) / 2.0

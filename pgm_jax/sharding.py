@@ -2,29 +2,46 @@
 
 The mesh has three named axes: `data` (pure data parallelism), `fsdp` (data parallelism with
 parameters sharded over the embedding dimension) and `tensor` (heads / MLP / vocabulary).
+Each axis is the product of an ICI part (`mesh.data` / `mesh.fsdp` / `mesh.tensor`: devices
+inside one slice or node, fast interconnect) and a DCN part (`mesh.dcn_data` / ...: across
+slices or nodes); one -1 per group is filled from the device count. With a DCN part the devices
+form a hybrid mesh: each slice (TPU multislice) or process (GPU nodes) owns a contiguous block
+of every axis, so only the DCN part of an axis crosses the slow network.
+
 Parameters carry logical axis names (`logical_axes` metadata set in `models/layers.py`);
-`LOGICAL_RULES` maps each name to mesh axes. A dimension is only sharded when the mesh axis
-size divides it; otherwise it stays replicated, so small test models run on any mesh.
+activations are constrained with the same names (`constrain`). `LOGICAL_RULES` maps each name
+to mesh axes. A dimension is only sharded when the mesh axis size divides it; otherwise it stays
+replicated, so small test models run on any mesh, and `check_replicated` refuses a layout where
+too much of the model ended up replicated that way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+DCN_KEYS = tuple(f"dcn_{a}" for a in MESH_AXES)
 
-# logical name -> mesh axes (None = replicated)
+Rules = Mapping[str, tuple[str, ...] | None]
+
+# logical name -> mesh axes (None = replicated). Parameters and activations share the names:
+# FSDP shards the embedding (and conditioning) dimension of every weight, tensor parallelism
+# the heads, MLP and vocabulary dimensions; activations keep their batch over data x fsdp.
 LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
     "batch": BATCH_AXES,
     "embed": ("fsdp",),
+    "cond": ("fsdp",),
     "mlp": ("tensor",),
     "heads": ("tensor",),
     "vocab": ("tensor",),
@@ -33,47 +50,96 @@ LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
 
 
 class MeshError(ValueError):
-    """A mesh shape that does not fit the devices; the message names the config keys."""
+    """A mesh that does not fit the devices or the model; the message names the config keys."""
 
 
-def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
-    """Resolves one -1 entry of `sizes` (keys data/fsdp/tensor) from the device count."""
-    shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
-    unknown = [a for a, s in zip(MESH_AXES, shape, strict=True) if s == -1]
+# ----------------------------------------------------------------------------- mesh
+def mesh_shape(sizes: Mapping[str, int], num_devices: int, keys: Sequence[str] = MESH_AXES,
+               what: str = "devices") -> tuple[int, ...]:
+    """Resolves one -1 among `sizes[keys]` (missing keys are 1) so the product is `num_devices`.
+
+    The keys name the config entries (`mesh.<key>`) in error messages.
+    """
+    shape = [int(sizes.get(k, 1)) for k in keys]
+    names = [f"mesh.{k}" for k in keys]
+    unknown = [n for n, s in zip(names, shape, strict=True) if s == -1]
     if len(unknown) > 1:
-        raise MeshError(f"mesh.{' and mesh.'.join(unknown)} are both -1; at most one may be")
-    if any(s == 0 or s < -1 for s in shape):
-        sizes_now = dict(zip(MESH_AXES, shape, strict=True))
-        raise MeshError(f"mesh sizes must be positive or -1, got {sizes_now}")
+        raise MeshError(f"{' and '.join(unknown)} are all -1; at most one may be")
+    bad = {n: s for n, s in zip(names, shape, strict=True) if s == 0 or s < -1}
+    if bad:
+        raise MeshError(f"mesh sizes must be positive or -1, got {bad}")
     known = math.prod(s for s in shape if s != -1)
     if unknown:
         if num_devices % known:
-            raise MeshError(
-                f"mesh: {num_devices} devices are not divisible by the fixed axes ({known})"
-            )
-        shape[MESH_AXES.index(unknown[0])] = num_devices // known
+            raise MeshError(f"{num_devices} {what} are not divisible by the fixed sizes "
+                            f"{' x '.join(names)} = {known}; change them or the -1 entry")
+        shape[shape.index(-1)] = num_devices // known
     if math.prod(shape) != num_devices:
-        raise MeshError(
-            f"mesh.data x mesh.fsdp x mesh.tensor = {math.prod(shape)} but {num_devices} "
-            "devices are present"
-        )
+        raise MeshError(f"{' x '.join(names)} = {math.prod(shape)} but {num_devices} {what} "
+                        "are present; set one of them to -1 or match the count")
     return tuple(shape)
 
 
-def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh with automatic (GSPMD) axis types."""
+def device_granules(devices: Sequence[jax.Device]) -> list[list[jax.Device]]:
+    """Devices grouped by TPU slice (`slice_index`), else by process; ordered by group id."""
+    groups: dict[int, list[jax.Device]] = defaultdict(list)
+    for d in devices:
+        tpu_slice = d.platform == "tpu" and hasattr(d, "slice_index")
+        groups[d.slice_index if tpu_slice else d.process_index].append(d)
+    return [groups[k] for k in sorted(groups)]
+
+
+def hybrid_device_array(ici: Sequence[int], dcn: Sequence[int],
+                        granules: Sequence[Sequence[jax.Device]]) -> np.ndarray:
+    """Devices [dcn_0 * ici_0, ...]: granule-major along every axis.
+
+    granules: prod(dcn) groups of prod(ici) devices (slices or processes). Inside a granule the
+    layout follows the physical topology (`mesh_utils.create_device_mesh`).
+    """
+    if len(granules) != math.prod(dcn) or any(len(g) != math.prod(ici) for g in granules):
+        sizes = sorted({len(g) for g in granules})
+        raise MeshError(
+            f"mesh.dcn_* = {tuple(dcn)} needs {math.prod(dcn)} slices/processes of "
+            f"{math.prod(ici)} devices (mesh.data x mesh.fsdp x mesh.tensor), found "
+            f"{len(granules)} of {sizes} devices")
+    per = [mesh_utils.create_device_mesh(ici, list(g), allow_split_physical_axes=True)
+           for g in granules]
+    blocks = np.stack(per).reshape(*dcn, *ici)  # [dcn..., ici...]
+    n = len(ici)
+    order = [i for pair in zip(range(n), range(n, 2 * n), strict=True) for i in pair]
+    return blocks.transpose(order).reshape([d * i for d, i in zip(dcn, ici, strict=True)])
+
+
+def make_mesh(cfg: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh from a `config.mesh` mapping, automatic axis types.
+
+    Axis types are Auto (GSPMD propagation, guided by `constrain`), chosen explicitly because
+    `jax.make_mesh` defaults to Explicit in recent jax.
+    """
     devices = list(devices) if devices is not None else jax.devices()
-    shape = mesh_shape(sizes, len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    types = (AxisType.Auto,) * len(MESH_AXES)
+    dcn_sizes = {a: cfg.get(k, 1) for a, k in zip(MESH_AXES, DCN_KEYS, strict=True)}
+    if all(s == 1 for s in dcn_sizes.values()):
+        shape = mesh_shape(cfg, len(devices))
+        return jax.make_mesh(shape, MESH_AXES, axis_types=types, devices=devices)
+    granules = device_granules(devices)
+    dcn = mesh_shape({k: cfg.get(k, 1) for k in DCN_KEYS}, len(granules), DCN_KEYS,
+                     "slices/processes")
+    ici = mesh_shape(cfg, len(devices) // math.prod(dcn), MESH_AXES, "devices per slice")
+    return Mesh(hybrid_device_array(ici, dcn, granules), MESH_AXES, axis_types=types)
 
 
-def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> P:
-    """PartitionSpec for one array: map logical names, drop axes that do not divide."""
+# ----------------------------------------------------------------------------- logical axes
+def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int], mesh,
+                    rules: Rules = LOGICAL_RULES) -> P:
+    """PartitionSpec for one array: map logical names, drop axes that do not divide.
+
+    `mesh` is a Mesh or AbstractMesh; a mesh axis is used at most once per array.
+    """
     used: set[str] = set()
     out = []
     for name, dim in zip(logical, shape, strict=True):
-        axes = LOGICAL_RULES.get(name) if name else None
+        axes = rules.get(name) if name else None
         axes = tuple(a for a in (axes or ()) if mesh.shape[a] > 1 and a not in used)
         if axes and dim % math.prod(mesh.shape[a] for a in axes) == 0:
             used.update(axes)
@@ -83,14 +149,39 @@ def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int], mesh: M
     return P(*out)
 
 
-def param_specs(model: nnx.Module, mesh: Mesh) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ParamLayout:
+    """How one parameter is laid out: path 'a.b.0.kernel', shape, logical names, spec."""
+
+    path: str
+    shape: tuple[int, ...]
+    logical: tuple[str | None, ...]
+    spec: P
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def replicated(self) -> bool:
+        return all(s is None for s in self.spec)
+
+
+def param_layouts(model: nnx.Module, mesh, rules: Rules = LOGICAL_RULES
+                  ) -> dict[tuple, ParamLayout]:
+    """Layout of every nnx.Param of `model` (abstract or concrete), keyed by its state path."""
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        shape = tuple(var.shape)
+        logical = tuple(var.get_metadata().get("logical_axes") or (None,) * len(shape))
+        out[path] = ParamLayout(".".join(map(str, path)), shape, logical,
+                                logical_to_spec(logical, shape, mesh, rules))
+    return out
+
+
+def param_specs(model: nnx.Module, mesh, rules: Rules = LOGICAL_RULES) -> dict:
     """PartitionSpecs as a pure dict matching `nnx.to_pure_dict(nnx.state(model, nnx.Param))`."""
-    state = nnx.state(model, nnx.Param)
-    flat = {}
-    for path, var in nnx.to_flat_state(state):
-        axes = var.get_metadata().get("logical_axes") or (None,) * len(var.shape)
-        flat[path] = logical_to_spec(axes, var.shape, mesh)
-    return _unflatten(flat)
+    return _unflatten({p: lay.spec for p, lay in param_layouts(model, mesh, rules).items()})
 
 
 def _unflatten(flat: dict[tuple, P]) -> dict:
@@ -103,6 +194,80 @@ def _unflatten(flat: dict[tuple, P]) -> dict:
     return out
 
 
+def _shard_shape(layout: ParamLayout, mesh) -> tuple[int, ...]:
+    def parts(entry) -> int:
+        names = () if entry is None else (entry,) if isinstance(entry, str) else entry
+        return math.prod(mesh.shape[a] for a in names)
+
+    return tuple(d // parts(e) for d, e in zip(layout.shape, layout.spec, strict=True))
+
+
+def sharding_table(layouts: Mapping[tuple, ParamLayout], mesh) -> str:
+    """A text table of every parameter: shape, logical axes, mesh axes, per-device shard."""
+    rows = [("parameter", "shape", "logical axes", "sharding", "per device")]
+    for lay in layouts.values():
+        rows.append((lay.path, "x".join(map(str, lay.shape)),
+                     ",".join(n or "-" for n in lay.logical),
+                     ",".join(_spec_entry(e) for e in lay.spec) or "-",
+                     "x".join(map(str, _shard_shape(lay, mesh)))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    total = sum(lay.size for lay in layouts.values())
+    per_device = sum(math.prod(_shard_shape(lay, mesh)) for lay in layouts.values())
+    rep = sum(lay.size for lay in layouts.values() if lay.replicated)
+    lines.append(f"{len(layouts)} parameters, {total:,} values, {per_device:,} per device; "
+                 f"{rep / max(total, 1):.2%} replicated; mesh {dict(mesh.shape)}")
+    return "\n".join(lines)
+
+
+def _spec_entry(entry) -> str:
+    if entry is None:
+        return "-"
+    return entry if isinstance(entry, str) else "+".join(entry)
+
+
+def check_replicated(layouts: Mapping[tuple, ParamLayout], mesh, max_fraction: float) -> None:
+    """Raises MeshError naming the replicated parameters when they exceed `max_fraction` of the
+    model's values while the mesh has parameter-sharding axes (fsdp x tensor > 1)."""
+    if mesh.shape["fsdp"] * mesh.shape["tensor"] == 1:
+        return  # pure data parallelism replicates every parameter by design
+    total = sum(lay.size for lay in layouts.values())
+    rep = sorted((lay for lay in layouts.values() if lay.replicated), key=lambda x: -x.size)
+    fraction = sum(lay.size for lay in rep) / max(total, 1)
+    if fraction > max_fraction:
+        shown = ", ".join(f"{lay.path} {lay.shape}" for lay in rep[:8])
+        more = f" and {len(rep) - 8} more" if len(rep) > 8 else ""
+        raise MeshError(
+            f"{fraction:.1%} of the parameters stay replicated over mesh fsdp={mesh.shape['fsdp']}"
+            f" x tensor={mesh.shape['tensor']}, above mesh.max_replicated_fraction="
+            f"{max_fraction}: {shown}{more}; fix the logical rules or pick mesh sizes that divide "
+            "these dimensions")
+
+
+# ----------------------------------------------------------------------------- activations
+def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint on an activation by logical names; a no-op outside `traced_under`.
+
+    Pins e.g. [batch, length, embed] activations to batch-over-(data, fsdp) so GSPMD gathers
+    FSDP weights instead of resharding activations over the embedding dimension.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical, x.shape, mesh))
+
+
+def traced_under(mesh: Mesh, fn: Callable) -> Callable:
+    """`fn` traced with `mesh` as the abstract mesh, so `constrain` inside it takes effect."""
+
+    def wrapped(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+# ----------------------------------------------------------------------------- shardings
 def named(mesh: Mesh, specs):
     """Tree of PartitionSpecs -> tree of NamedShardings."""
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,

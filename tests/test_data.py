@@ -112,10 +112,22 @@ def test_files_source_errors(tmp_path, name, content):
         load_documents("files", "")
 
 
-@pytest.mark.parametrize("source", ["lm1b", "owt"])
-def test_unbuilt_sources_raise(source, tmp_path):
-    with pytest.raises(DataError, match="not built yet.*configs/demo.py"):
-        load_text_data(_data_cfg(source=source), 64, str(tmp_path))
+@pytest.mark.parametrize("source, command", [
+    ("owt", "python -m pgm_jax.data.prepare owt --input="),
+    ("text", "python -m pgm_jax.data.prepare text --input="),
+    ("lm1b", "python -m pgm_jax.data.prepare lm1b --input="),
+])
+def test_missing_data_names_the_command_to_run(source, command, tmp_path):
+    for path in ("", str(tmp_path)):
+        cfg = _data_cfg(source=source, path=path, tokenizer_path="")
+        if source == "lm1b":
+            (tmp_path / "vocab.txt").write_text("\n".join(
+                ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]))
+        with pytest.raises(DataError) as e:
+            load_text_data(cfg, 64, str(tmp_path / "run"))
+        assert command in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(DataError, match="unknown"):
+        load_text_data(_data_cfg(source="nope"), 64, str(tmp_path))
 
 
 # Tokenizer.
@@ -185,6 +197,8 @@ def test_train_iterator_processes_partition_global_batch():
             np.concatenate([b["tokens"] for b in local]), next(single)["tokens"])
         rows = [set(b["tokens"][:, 0]) for b in local]
         assert sum(map(len, rows)) == len(set().union(*rows)) == 8  # disjoint
+    states = [it.get_state() for it in procs]
+    assert all(state == states[0] for state in states)  # any process's state resumes any other
 
 
 def test_train_iterator_state_round_trip():
@@ -197,6 +211,23 @@ def test_train_iterator_state_round_trip():
     restored.set_state(state)
     for tokens in expected:
         np.testing.assert_array_equal(next(restored)["tokens"], tokens)
+
+
+def test_train_state_resumes_on_other_worker_and_process_counts():
+    it = train_iterator(_blocks(10), global_batch_size=4, seed=5)
+    for _ in range(4):
+        next(it)
+    state = it.get_state()
+    expected = [next(it)["tokens"] for _ in range(3)]
+    with_worker = train_iterator(_blocks(10), global_batch_size=4, seed=5, worker_count=1)
+    with_worker.set_state(state)
+    halves = [train_iterator(_blocks(10), 4, seed=5, process_index=p, process_count=2)
+              for p in range(2)]
+    for half in halves:
+        half.set_state(state)
+    for tokens in expected:
+        np.testing.assert_array_equal(next(with_worker)["tokens"], tokens)
+        np.testing.assert_array_equal(np.concatenate([next(h)["tokens"] for h in halves]), tokens)
 
 
 # Eval batches.
@@ -229,10 +260,11 @@ def test_load_text_data_pydoc(tmp_path, tokenizer_path, tokenizer):
     shutil.copy(tokenizer_path, tmp_path / "tokenizer.model")  # reuse the module's tokenizer
     data = load_text_data(_data_cfg(), length=64, workdir=str(tmp_path))
     assert data.tokenizer.encode("for x in y") == tokenizer.encode("for x in y")
-    assert data.train_blocks.dtype == data.val_blocks.dtype == np.int32
-    assert data.train_blocks.shape[1] == data.val_blocks.shape[1] == 64
-    assert len(data.train_blocks) > 1000 and len(data.val_blocks) > 0
-    assert (data.train_blocks[:, 0] == tokenizer.bos_id).all()
+    first = data.train[0]
+    assert first["tokens"].dtype == data.val[0]["tokens"].dtype == np.int32
+    assert first["tokens"].shape == data.val[0]["tokens"].shape == (64,)
+    assert len(data.train) > 1000 and len(data.val) > 0
+    assert (first["tokens"][0] == tokenizer.bos_id) and (first["valid"] == 1).all()
 
 
 def test_load_text_data_tiny_validation_split_raises(tmp_path):
@@ -243,4 +275,38 @@ def test_load_text_data_tiny_validation_split_raises(tmp_path):
         load_text_data(cfg, length=1024, workdir=str(tmp_path / "run"))
     data = load_text_data(cfg, length=32, workdir=str(tmp_path / "run"))
     assert os.path.exists(tmp_path / "run" / "tokenizer.model")
-    assert data.tokenizer.vocab_size == 301 and len(data.val_blocks) > 0
+    assert data.tokenizer.vocab_size == 301 and len(data.val) > 0
+
+
+# The data item of checkpoints.
+
+
+def test_checkpoint_data_item_resumes_the_iterator(tmp_path):
+    from pgm_jax import checkpoint  # noqa: PLC0415  (orbax; only these tests need it)
+
+    ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+    it = train_iterator(_blocks(10), global_batch_size=4, seed=5)
+    for _ in range(3):
+        next(it)
+    weights = {"w": np.ones(2, np.float32)}
+    ckpt.save(3, params=weights, ema=weights, data=it.get_state())
+    ckpt.wait()
+    assert (tmp_path / "3" / "data" / "process_0-of-1.json").is_file()  # grain's file layout
+    restored = train_iterator(_blocks(10), global_batch_size=4, seed=5)
+    restored.set_state(ckpt.restore(3, {"data": None})["data"])
+    for _ in range(4):
+        np.testing.assert_array_equal(next(restored)["tokens"], next(it)["tokens"])
+    ckpt.close()
+
+
+def test_data_state_restores_on_another_process_count(tmp_path):
+    from etils import epath  # noqa: PLC0415
+
+    from pgm_jax.checkpoint import DataStateHandler  # noqa: PLC0415
+
+    for p in range(4):  # saved by 4 processes at the same global position
+        (tmp_path / f"process_{p}-of-4.json").write_text(json.dumps({"next_index": 3}))
+    assert DataStateHandler().restore(epath.Path(tmp_path)) == {"next_index": 3}
+    (tmp_path / "process_2-of-4.json").write_text(json.dumps({"next_index": 5}))  # packed data
+    with pytest.raises(ValueError, match="resume with 4 processes"):
+        DataStateHandler().restore(epath.Path(tmp_path))

@@ -62,10 +62,10 @@ def test_sharded_step_matches_single_device(tmp_path, algo):
     # The (4, 2) run really shards parameters over fsdp.
     specs = jax.tree.leaves(run.shardings.params)
     assert any("fsdp" in str(s.spec) for s in specs)
-    batch_np = next(iter(loop.train_iterator(run.data.train_blocks, 8, 0)))
+    batch_np = next(iter(run.data.train_iterator(8, 0)))
     results = []
     for r in (run, run1):
-        step = jit_train_step(make_train_step(r.graphdef, LOSSES[r.model_cfg.kind], r.tx, 0.9),
+        step = jit_train_step(make_train_step(r.graphdef, LOSSES[config.algo], r.tx, 0.9),
                               r.shardings, r.mesh)
         state, metrics = step(loop.initial_state(r), sharding.global_batch(r.mesh, batch_np))
         state, metrics = step(state, sharding.global_batch(r.mesh, batch_np))

@@ -1,17 +1,12 @@
 """Raw text documents and the fixed document-level train/validation split."""
 
 import glob
-import json
 import math
 import os
 from pydoc_data import topics as pydoc_topics
 
+from pgm_jax.data.corpus import read_documents
 from pgm_jax.data.errors import DataError
-
-_NOT_BUILT = (
-    "data.source={source!r}: the dataset pipeline is not built yet in this version; "
-    "use configs/demo.py (embedded pydoc text) or data.source=files with data.files=PATHS"
-)
 
 
 def load_documents(source: str, files: str = "") -> list[str]:
@@ -21,15 +16,14 @@ def load_documents(source: str, files: str = "") -> list[str]:
       source: 'pydoc' (CPython's English documentation, one document per topic, sorted by
         topic name) or 'files' (the local text files named by `files`).
       files: comma-separated paths or globs, used when source == 'files'. A `.jsonl` file holds
-        one document per line in its "text" field; any other file is one document.
+        one document per line in its "text" field, a `.parquet` / `.arrow` file one per row of
+        its "text" column; any other file is one document.
     """
     if source == "pydoc":
         return [pydoc_topics.topics[name] for name in sorted(pydoc_topics.topics)]
     if source == "files":
         return [doc for path in _expand_paths(files) for doc in _read_file(path)]
-    if source in ("lm1b", "owt"):
-        raise DataError(_NOT_BUILT.format(source=source))
-    raise DataError(f"data.source={source!r} is unknown: use 'pydoc' or 'files'")
+    raise DataError(f"data.source={source!r} has no documents in memory: use 'pydoc' or 'files'")
 
 
 def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
@@ -64,29 +58,8 @@ def _expand_paths(files: str) -> list[str]:
 
 
 def _read_file(path: str) -> list[str]:
-    """The non-empty documents of one file (see `load_documents`)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise DataError(f"data.files: {path!r} is not UTF-8 text ({e.reason})") from None
-    if path.endswith(".jsonl"):
-        docs = [_jsonl_text(path, i, line) for i, line in enumerate(text.splitlines(), 1)
-                if line.strip()]
-    else:
-        docs = [text]
-    docs = [doc for doc in docs if doc.strip()]
+    """The non-blank documents of one file (see `load_documents`)."""
+    docs = [doc for doc in read_documents(path) if doc.strip()]
     if not docs:
         raise DataError(f"data.files: {path!r} holds no text")
     return docs
-
-
-def _jsonl_text(path: str, line_number: int, line: str) -> str:
-    """The "text" field of one JSON line."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"data.files: {path}:{line_number} is not valid JSON ({e.msg})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise DataError(f"data.files: {path}:{line_number} has no string field 'text'")
-    return record["text"]

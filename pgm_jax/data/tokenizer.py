@@ -25,9 +25,17 @@ class Tokenizer:
     is the vocabulary the model embeds.
     """
 
-    def __init__(self, model_proto: bytes):
+    kind = "sentencepiece"
+
+    def __init__(self, model_proto: bytes, source: str = "sentencepiece model"):
         self.model_proto = model_proto
-        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        except RuntimeError as e:  # a truncated / corrupt .model file
+            raise DataError(
+                f"{source} is not a valid sentencepiece model ({str(e).splitlines()[0]}): "
+                "delete it to retrain, or restore it from a backup"
+            ) from e
         self.n_pieces: int = self._sp.get_piece_size()
         self.vocab_size: int = self.n_pieces + 1
         self.mask_id: int = self.n_pieces
@@ -39,7 +47,13 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path: str) -> "Tokenizer":
         with open(path, "rb") as f:
-            return cls(f.read())
+            return cls(f.read(), source=path)
+
+    def save(self, directory: str) -> dict:
+        """Writes tokenizer.model to `directory`; returns the manifest entry."""
+        with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
+            f.write(self.model_proto)
+        return {"kind": self.kind}
 
     def encode(self, text: str) -> list[int]:
         """Text -> piece ids, without BOS/EOS."""

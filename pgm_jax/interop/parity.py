@@ -3,14 +3,17 @@
 A fixture directory holds `hparams.json` (the model), weights (`state_dict.npz`,
 `ema_state_dict.npz` and/or `checkpoint.ckpt`) and `io.npz` (inputs and the reference's
 outputs, layout in `shared/fixtures/README_text.md`). `check_fixture` rebuilds the model
-from the hparams, loads the weights, recomputes every output it knows how to produce and
-returns one row per output with its max error and tolerance. Nothing here knows fixture
-names: what is compared is decided by which arrays `io.npz` contains.
+from the hparams, loads the weights through the converter's reader, recomputes every output
+it knows how to produce and returns one row per output with its max error and tolerance;
+`check_directories` does it for many directories and both weight sources (what
+`python -m pgm_jax.convert check` prints). Nothing here knows fixture names: directories are
+selected by `model_kind`, and what is compared by which arrays `io.npz` contains.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +21,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from pgm_jax import objectives
+from pgm_jax.interop.convert import read_reference_checkpoint
 from pgm_jax.interop.state_dict import load_state_dict
+from pgm_jax.interop.torch_ckpt import CheckpointFormatError
 from pgm_jax.models import ModelConfig, build_model
 from pgm_jax.sampling.categorical import categorical_from_uniform
 
@@ -28,6 +34,11 @@ from pgm_jax.sampling.categorical import categorical_from_uniform
 ATOL_LOGITS = 1e-4
 RTOL_LOSS = 1e-5
 ATOL_NEAR_NEG_LARGE = 0.5  # MDLM's -1e6 mask column: float32 spacing there is 0.0625
+WEIGHT_SOURCES = ("npz", "ckpt")
+WEIGHT_FILES = {
+    "npz": {"raw": "state_dict.npz", "ema": "ema_state_dict.npz"},
+    "ckpt": {"raw": "checkpoint.ckpt", "ema": "checkpoint.ckpt"},
+}
 
 
 @dataclasses.dataclass
@@ -42,11 +53,16 @@ class Row:
         return self.error <= self.tolerance
 
 
-def model_config_from_hparams(hp: dict) -> ModelConfig:
+class UnsupportedFixture(CheckpointFormatError):
+    """A fixture whose `model_kind` text parity does not know (e.g. the image models)."""
+
+
+def model_config_from_hparams(hp: dict, source: str | Path = "hparams.json") -> ModelConfig:
     """ModelConfig from a fixture's `hparams.json` (reference field names)."""
-    kind = hp["model_kind"]
-    if kind not in ("pgm", "mdlm_dit"):
-        raise ValueError(f"unsupported model_kind {kind!r} (text parity knows pgm, mdlm_dit)")
+    kind = hp.get("model_kind")
+    if kind not in OUTPUTS:
+        raise UnsupportedFixture(
+            f"{source}: unsupported model_kind {kind!r} (text parity knows {sorted(OUTPUTS)})")
     return ModelConfig(
         kind=kind,
         vocab_size=hp["vocab_size"],
@@ -89,11 +105,22 @@ def compare(name: str, ours, ref) -> Row:
     return Row(name, err, ATOL_LOGITS, "abs")
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "method"))
+def _forward(graphdef: nnx.GraphDef, state: nnx.State, method: str, *args: jax.Array):
+    debug: dict = {}
+    return getattr(nnx.merge(graphdef, state), method)(*args, debug=debug), debug
+
+
+def forward(model: nnx.Module, method: str, *args: jax.Array) -> tuple[jax.Array, dict]:
+    """(logits, debug intermediates) of `model.<method>(*args)`, compiled once per shape."""
+    graphdef, state = nnx.split(model)
+    return _forward(graphdef, state, method, *args)
+
+
 def _pgm_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     if "x" in io and "groups" in io:
-        dbg: dict = {} if prefix == "raw" else None
-        logits = model(jnp.asarray(io["x"]), jnp.asarray(io["groups"]), debug=dbg)
+        logits, dbg = forward(model, "__call__", jnp.asarray(io["x"]), jnp.asarray(io["groups"]))
         lp = objectives.pgm_logprobs(logits, mask_index)
         out[f"logprobs_{prefix}"] = lp
         suffix = "" if prefix == "raw" else "_ema"
@@ -115,12 +142,9 @@ def _pgm_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarra
     for tag in ("inf", "infu"):
         if f"{tag}_x" not in io:
             continue
-        dbg = {} if prefix == "raw" else None
-        logits = model.infer(
-            jnp.asarray(io[f"{tag}_x"]), jnp.asarray(io[f"{tag}_clean_positions"]),
-            jnp.asarray(io[f"{tag}_noisy_positions"]), jnp.asarray(io[f"{tag}_concrete_lengths"]),
-            debug=dbg,
-        )
+        logits, dbg = forward(
+            model, "infer", *(jnp.asarray(io[f"{tag}_{k}"]) for k in
+                              ("x", "clean_positions", "noisy_positions", "concrete_lengths")))
         out[f"{tag}_logprobs_{prefix}"] = objectives.pgm_logprobs(logits, mask_index)
         if prefix == "raw":
             out[f"{tag}_logits_raw"] = logits
@@ -136,8 +160,7 @@ def _pgm_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarra
 def _dit_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     xt, x0 = jnp.asarray(io["x"]), jnp.asarray(io["x0"])
-    dbg: dict = {} if prefix == "raw" else None
-    logits = model(xt, debug=dbg)
+    logits, dbg = forward(model, "__call__", xt)
     lp = objectives.subs_logprobs(logits, xt, mask_index)
     suffix = "" if prefix == "raw" else "_ema"
     out[f"logprobs_{prefix}"] = lp
@@ -159,24 +182,40 @@ def _dit_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarra
 OUTPUTS: dict[str, Callable] = {"pgm": _pgm_outputs, "mdlm_dit": _dit_outputs}
 
 
+def load_fixture(fixture: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """(model config from `hparams.json`, arrays of `io.npz`) of a fixture directory."""
+    fixture = Path(fixture)
+    hparams = fixture / "hparams.json"
+    cfg = model_config_from_hparams(json.loads(hparams.read_text()), hparams)
+    with np.load(fixture / "io.npz") as z:
+        return cfg, {k: z[k] for k in z.files}
+
+
+def fixture_model(fixture: str | Path, cfg: ModelConfig, which: str, source: str
+                  ) -> nnx.Module | None:
+    """The fixture's model with its `which` ('raw' | 'ema') weights read by the converter from
+    `source` ('npz': state_dict.npz / ema_state_dict.npz, 'ckpt': checkpoint.ckpt); None when
+    the directory has no such file."""
+    path = Path(fixture) / WEIGHT_FILES[source][which]
+    if not path.exists():
+        return None
+    model = build_model(cfg)
+    load_state_dict(model, read_reference_checkpoint(path, "raw" if source == "npz" else which))
+    return model
+
+
 def check_fixture(fixture: str | Path, weight_source: str = "npz") -> list[Row]:
     """Recomputes every known output of `fixture/io.npz`; one Row per compared array.
 
-    weight_source: 'npz' (state_dict.npz / ema_state_dict.npz) or 'ckpt' (checkpoint.*).
+    weight_source: 'npz' or 'ckpt' (see `fixture_model`). Raises UnsupportedFixture for a
+    model kind text parity does not know.
     """
-    fixture = Path(fixture)
-    hp = json.loads((fixture / "hparams.json").read_text())
-    cfg = model_config_from_hparams(hp)
-    with np.load(fixture / "io.npz") as z:
-        io = {k: z[k] for k in z.files}
+    cfg, io = load_fixture(fixture)
     computed: dict[str, np.ndarray] = {}
     for which in ("raw", "ema"):
-        weights = _weights(fixture, which, weight_source)
-        if weights is None:
-            continue
-        model = build_model(cfg)
-        load_state_dict(model, weights)
-        computed.update(OUTPUTS[cfg.kind](model, io, which, cfg.mask_index))
+        model = fixture_model(fixture, cfg, which, weight_source)
+        if model is not None:
+            computed.update(OUTPUTS[cfg.kind](model, io, which, cfg.mask_index))
     rows = []
     for name, value in computed.items():
         if name not in io:
@@ -189,14 +228,35 @@ def check_fixture(fixture: str | Path, weight_source: str = "npz") -> list[Row]:
     return rows
 
 
-def _weights(fixture: Path, which: str, source: str) -> dict[str, np.ndarray] | None:
-    if source == "npz":
-        npz = fixture / ("state_dict.npz" if which == "raw" else "ema_state_dict.npz")
-        if not npz.exists():
-            return None
-        with np.load(npz) as z:
-            return {k: z[k] for k in z.files}
-    from pgm_jax.interop.convert import read_reference_checkpoint  # noqa: PLC0415
-
-    ckpt = sorted(fixture.glob("checkpoint.*"))
-    return read_reference_checkpoint(ckpt[0], weights=which) if ckpt else None
+def check_directories(dirs: list[str | Path], emit: Callable[[str], None]
+                      ) -> tuple[int, int, int]:
+    """Checks every fixture directory with every weight source, emitting one line per output
+    (`name source output error <= tolerance kind OK|FAIL`) and `SKIP ...` for unsupported
+    model kinds. Returns (fixtures checked, outputs compared, failures)."""
+    checked, compared, failed = 0, 0, 0
+    for d in dirs:
+        name = Path(d).name
+        before = compared
+        for source in WEIGHT_SOURCES:
+            try:
+                rows = check_fixture(d, source)
+            except UnsupportedFixture as e:
+                emit(f"SKIP {e}")
+                break
+            except (CheckpointFormatError, OSError) as e:
+                emit(f"{name:<24} {source:<4} FAIL  {e}")
+                failed += 1
+                continue
+            if not rows:
+                emit(f"{name:<24} {source:<4} (no {source} weights: not checked)")
+            for r in rows:
+                emit(f"{name:<24} {source:<4} {r.name:<24} {r.error:10.3g} <= {r.tolerance:<7.0e}"
+                     f" {r.kind:<10} {'OK' if r.ok else 'FAIL'}")
+                failed += not r.ok
+            compared += len(rows)
+        else:
+            checked += 1
+            if compared == before:
+                emit(f"{name:<24} FAIL  no weights found ({', '.join(WEIGHT_FILES)} files)")
+                failed += 1
+    return checked, compared, failed

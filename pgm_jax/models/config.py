@@ -9,12 +9,13 @@ import jax.numpy as jnp
 
 PRE_QUERY_MODES = ("learn", "learn+freqs", "learn+freqs+mean", "learn+freqs+logsumexp")
 QUERY_PROCESS_MODES = ("linear", "mlp4")
-MODEL_KINDS = ("pgm", "mdlm_dit")
+REMAT_MODES = ("none", "full", "dots", "dots_no_batch")
+MODEL_KINDS = ("pgm", "mdlm_dit", "ar")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Shapes and switches of a PGM encoder-decoder or an MDLM DiT.
+    """Shapes and switches of a PGM encoder-decoder, an MDLM DiT or a causal AR transformer.
 
     `vocab_size` counts the mask token; `length` is the maximum sequence length (RoPE and
     GroupSwap position tables are built for positions 0..length-1).
@@ -37,6 +38,9 @@ class ModelConfig:
     time_conditioning: bool = False
     rope_base: float = 10000.0
     dtype: str = "float32"
+    remat: str = "none"  # per-block rematerialisation policy (models/dit.py:REMAT_POLICIES)
+    scan_layers: bool = False  # lax.scan over stacked blocks (one compiled block per stack)
+    logits_chunk: int = 0  # >0: training head + log-softmax over this many positions at once
 
     @property
     def head_dim(self) -> int:
@@ -72,10 +76,15 @@ class ModelConfig:
             out.append(("swap_query_process_mode", f"must be one of {QUERY_PROCESS_MODES}"))
         if not 0.0 <= self.dropout < 1.0:
             out.append(("dropout", "must be in [0, 1)"))
+        if self.remat not in REMAT_MODES:
+            out.append(("remat", f"must be one of {REMAT_MODES}"))
+        if self.logits_chunk < 0:
+            out.append(("logits_chunk", "must be >= 0 (0 = the whole sequence at once)"))
         if self.dtype not in ("float32", "bfloat16", "float16"):
             out.append(("dtype", "must be float32, bfloat16 or float16"))
-        if self.kind == "pgm" and self.time_conditioning:
-            out.append(("time_conditioning", "PGM never uses time (reference asserts it off)"))
+        if self.kind in ("pgm", "ar") and self.time_conditioning:
+            out.append(("time_conditioning",
+                        f"{self.kind} never uses time (the reference asserts it off)"))
         for name in ("length", "hidden_size", "cond_dim", "n_heads", "mlp_ratio", "vocab_size"):
             if getattr(self, name) <= 0:
                 out.append((name, "must be positive"))

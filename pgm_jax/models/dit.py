@@ -5,19 +5,77 @@ Reference: `models/dit.py:DIT` and `models/encoder_decoder.py:DDiTBlock` (spec Â
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pgm_jax import objectives, sharding
 from pgm_jax.models import layers
 from pgm_jax.models.config import ModelConfig
 
 Array = jax.Array
 
+# config.model.remat -> what a block keeps for the backward pass (the rest is recomputed).
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,  # only the block input
+    "dots": jax.checkpoint_policies.dots_saveable,  # every matmul output
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight matmuls
+}
+ACTIVATION_AXES = ("batch", None, None)  # residual stream [batch, n, H]: FSDP gathers weights
+
 
 def maybe_split(key: Array | None, n: int) -> list[Array | None]:
     """n independent dropout keys, or n Nones in evaluation."""
     return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def run_blocks(
+    blocks: Sequence[nnx.Module],
+    x: Array,
+    keys: Sequence[Array | None],
+    apply: Callable[[nnx.Module, Array, Array | None], Array],
+    cfg: ModelConfig,
+    debug: dict | None = None,
+    name: str = "block",
+) -> Array:
+    """x [batch, n, H] -> apply(block_i, x, keys[i]) for every block in order.
+
+    `apply` closes over what the blocks share (conditioning, RoPE tables, masks).
+    `cfg.remat` wraps each block in `jax.checkpoint` with the named policy, so the backward
+    pass recomputes the block's activations instead of keeping them. `cfg.scan_layers` runs
+    one `lax.scan` over the blocks' parameters stacked along a new leading axis, so the block
+    is traced and compiled once instead of once per layer. The parameter tree itself never
+    changes (the blocks stay a list; stacking happens inside the traced step and its gradient
+    unstacks), so checkpoints and state-dict conversion do not depend on these switches.
+    `debug` records every block's output under `{name}{i}` and uses the plain loop.
+    """
+    if debug is not None or (cfg.remat == "none" and not cfg.scan_layers):
+        for i, (block, key) in enumerate(zip(blocks, keys, strict=True)):
+            x = sharding.constrain(apply(block, x, key), ACTIVATION_AXES)
+            if debug is not None:
+                debug[f"{name}{i}"] = x
+        return x
+    graphdef = nnx.graphdef(blocks[0])
+    states = [nnx.state(block) for block in blocks]
+
+    def body(x: Array, state, key: Array | None) -> Array:
+        return sharding.constrain(apply(nnx.merge(graphdef, state), x, key), ACTIVATION_AXES)
+
+    if cfg.remat != "none":
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
+    if not cfg.scan_layers:
+        for state, key in zip(states, keys, strict=True):
+            x = body(x, state, key)
+        return x
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+    stacked_keys = None if keys[0] is None else jnp.stack(keys)
+    # The scan carry needs one dtype: the residual stream is float32 after any block, and the
+    # first block's output is the same for a bf16 input (GroupSwap's) upcast beforehand.
+    x = x.astype(jnp.float32)
+    x, _ = jax.lax.scan(lambda h, xs: (body(h, *xs), None), x, (stacked, stacked_keys))
+    return x
 
 
 def adaln(cfg: ModelConfig, chunks: int, *, rngs: nnx.Rngs) -> layers.Linear:
@@ -84,7 +142,8 @@ class FinalLayer(nnx.Module):
     def __call__(self, y: Array, c: Array) -> Array:
         """y: [batch, n, H] -> logits [batch, n, V] in the compute dtype."""
         shift, scale = adaln_chunks(self.adaLN_modulation, c, 2)
-        return self.linear(layers.modulate(self.norm_final(y), shift, scale))
+        logits = self.linear(layers.modulate(self.norm_final(y), shift, scale))
+        return sharding.constrain(logits, ("batch", None, "vocab"))
 
 
 class Embedding(nnx.Module):
@@ -116,6 +175,16 @@ class Backbone(nnx.Module):
         cos, sin = layers.rope_table(self.cfg.length, self.cfg.head_dim, self.cfg.rope_base)
         return jnp.asarray(cos)[positions], jnp.asarray(sin)[positions]
 
+    def head(self, y: Array, c: Array, targets: Array | None) -> Array:
+        """The output layer: logits [batch, n, V], or with `targets` (int [batch, n]) their
+        log-probabilities float32 [batch, n] under PGM post-processing (MASK excluded),
+        computed `cfg.logits_chunk` positions at a time so the full logits never exist."""
+        if targets is None:
+            return self.output_layer(y, c)
+        return objectives.chunked_target_logprob(
+            lambda h: self.output_layer(h, c), y, targets, self.cfg.mask_index,
+            self.cfg.logits_chunk)
+
     def cond(self, batch: int, sigma: Array | None) -> Array:
         """Conditioning vector c [batch, C]; sigma is zeroed unless time conditioning is on."""
         if sigma is None or not self.cfg.time_conditioning:
@@ -137,23 +206,22 @@ class DiT(Backbone):
         sigma: Array | None = None,
         key: Array | None = None,
         attention_mask: Array | None = None,
+        targets: Array | None = None,
         debug: dict | None = None,
     ) -> Array:
         """tokens: int32 [batch, L] (MASK where noised) -> logits [batch, L, V].
 
         `key` enables dropout (training); `attention_mask` (bool [batch, L, L]) restricts
-        attention, e.g. to packed segments; default full attention.
+        attention, e.g. to packed segments; default full attention. With `targets` (int
+        [batch, L]) returns their log-probabilities float32 [batch, L] instead (`head`).
         """
         b, n = tokens.shape
-        x = self.vocab_embed(tokens)
+        x = sharding.constrain(self.vocab_embed(tokens), ACTIVATION_AXES)
         c = self.cond(b, sigma)
         rope = self.rope(jnp.arange(n)[None])
         mask = jnp.ones((b, n, n), bool) if attention_mask is None else attention_mask
-        for i, (block, k) in enumerate(zip(self.blocks, maybe_split(key, len(self.blocks)),
-                                           strict=True)):
-            x = block(x, c, rope, mask, k)
-            if debug is not None:
-                debug[f"block{i}"] = x
+        x = run_blocks(self.blocks, x, maybe_split(key, len(self.blocks)),
+                       lambda block, h, k: block(h, c, rope, mask, k), self.cfg, debug)
         if debug is not None:
             debug["cond"] = c
-        return self.output_layer(x, c)
+        return self.head(x, c, targets)

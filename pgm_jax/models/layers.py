@@ -148,7 +148,7 @@ class TimestepEmbedder(nnx.Module):
     def __init__(self, cond_dim: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
         self.mlp = Mlp(
             self.frequency_size, cond_dim, cond_dim, rngs=rngs, activation="silu", dtype=dtype,
-            axes=(None, None),
+            axes=(None, "cond"),
         )
 
     def __call__(self, sigma: Array) -> Array:

@@ -16,9 +16,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pgm_jax import sharding
 from pgm_jax.models import layers
 from pgm_jax.models.config import ModelConfig
-from pgm_jax.models.dit import Backbone, DiTBlock, adaln, adaln_chunks, maybe_split
+from pgm_jax.models.dit import (
+    ACTIVATION_AXES,
+    Backbone,
+    DiTBlock,
+    adaln,
+    adaln_chunks,
+    maybe_split,
+    run_blocks,
+)
 
 Array = jax.Array
 
@@ -145,29 +154,29 @@ class PGM(Backbone):
         self.decoder = Decoder(cfg, rngs=rngs)
 
     def _forward(
-        self, tokens, positions, q_positions, self_mask, cross_mask, stats_fn, key, debug
+        self, tokens, positions, q_positions, self_mask, cross_mask, stats_fn, key, targets,
+        debug
     ) -> Array:
         """Shared body. tokens/positions: [batch, nk]; q_positions: [batch|1, nq]."""
-        b = tokens.shape[0]
-        keys = maybe_split(key, len(self.encoder.blocks) + len(self.decoder.layers))
+        b, n_enc = tokens.shape[0], len(self.encoder.blocks)
+        keys = maybe_split(key, n_enc + len(self.decoder.layers))
         c = self.cond(b, None)
         rope_k, rope_q = self.rope(positions), self.rope(q_positions)
-        h = self.vocab_embed(tokens)
-        for i, block in enumerate(self.encoder.blocks):
-            h = block(h, c, rope_k, self_mask, keys[i])
-            if debug is not None:
-                debug[f"enc_block{i}"] = h
+        h = sharding.constrain(self.vocab_embed(tokens), ACTIVATION_AXES)
+        h = run_blocks(self.encoder.blocks, h, keys[:n_enc],
+                       lambda block, x, k: block(x, c, rope_k, self_mask, k), self.cfg, debug,
+                       "enc_block")
         stats = stats_fn(h) if self.stat_mode() else None
         y = self.decoder.group_swap(h, q_positions, rope_q, rope_k, cross_mask, stats)
+        y = sharding.constrain(y, ACTIVATION_AXES)
         if debug is not None:
             debug["cond"] = c
             debug["gs_queries"] = self.decoder.group_swap.queries(q_positions, stats)
             debug["groupswap"] = y
-        for i, block in enumerate(self.decoder.layers):
-            y = block(y, h, c, rope_q, rope_k, cross_mask, keys[len(self.encoder.blocks) + i])
-            if debug is not None:
-                debug[f"dec_block{i}"] = y
-        return self.output_layer(y, c)
+        y = run_blocks(self.decoder.layers, y, keys[n_enc:],
+                       lambda block, x, k: block(x, h, c, rope_q, rope_k, cross_mask, k),
+                       self.cfg, debug, "dec_block")
+        return self.head(y, c, targets)
 
     def stat_mode(self) -> str | None:
         """'mean' / 'logsumexp' for the data-dependent GroupSwap queries, else None."""
@@ -181,6 +190,7 @@ class PGM(Backbone):
         *,
         key: Array | None = None,
         segment_ids: Array | None = None,
+        targets: Array | None = None,
         debug: dict | None = None,
     ) -> Array:
         """Training-mode forward.
@@ -188,7 +198,7 @@ class PGM(Backbone):
         tokens: int32 [batch, L] clean tokens; groups: int/bool [batch, L] partition.
         `segment_ids` (int [batch, L], optional) keeps packed documents apart. `key` enables
         dropout. Returns logits [batch, L, V] for every position (each group predicted from
-        the other).
+        the other), or with `targets` (int [batch, L]) their log-probabilities [batch, L].
         """
         b, n = tokens.shape
         g = groups.astype(bool)
@@ -205,7 +215,7 @@ class PGM(Backbone):
             return jnp.where(g[:, :, None], s0[:, None, :], s1[:, None, :])
 
         return self._forward(tokens, positions, positions, self_mask, cross_mask, stats_fn, key,
-                             debug)
+                             targets, debug)
 
     def infer(
         self,
@@ -232,4 +242,4 @@ class PGM(Backbone):
             return jnp.broadcast_to(s[:, None, :], (s.shape[0], nq, s.shape[1]))
 
         return self._forward(clean_tokens, clean_positions, noisy_positions, self_mask,
-                             cross_mask, stats_fn, None, debug)
+                             cross_mask, stats_fn, None, None, debug)

@@ -1,96 +1,197 @@
-"""PGM's efficient-uniform sampler (spec §3.1), with the encoder cost tracking decoded length.
+"""PGM's efficient samplers (spec §3.1, §3.2), with the encoder cost tracking decoded length.
 
 Every sequence starts as [BOS] at position 0; the other L-1 positions are visited in a
-per-sequence random order, k = L / S of them per step (the last step gets k-1). Each step runs
-the encoder on the clean tokens only, packed with their absolute positions, and the decoder
-on the k positions being decoded.
+per-sequence uniformly random order. At each network call the encoder sees only the clean
+tokens (packed, with their absolute positions) and the decoder only the positions decoded at
+this call. Two schedules decide how many tokens each call decodes:
 
-Why buckets: under jit shapes are static. Padding the encoder input to L at every step would
-make each step cost as much as the last one and lose most of PGM's speed-up. Instead the
-clean prefix is padded to the next multiple of `bucket` tokens (key-padding masked, so the
-padding has no effect); all steps that fit one bucket run inside one compiled `fori_loop`,
-and only L / bucket shapes are ever compiled.
+* `efficient-uniform` (the reference default): k = L / S per call, so the last call gets k-1.
+* `efficient-non-uniform`: Binomial(L, dt) per sequence and call (dt = (1 - 1e-5) / S, the
+  rate at t = 1, never re-evaluated; spec §9.16), clipped to what is left; a final call
+  decodes any leftovers. Calls where no sequence decodes anything are skipped, as in the
+  reference.
+
+The schedule never depends on the sampled tokens, so it is drawn up front and the host knows
+every call's shapes before the first one runs.
+
+Why buckets: under jit shapes are static. Padding the encoder input to L at every call would
+make each call cost as much as the last one and lose most of PGM's speed-up. Instead the
+clean prefix is padded to the next multiple of `bucket` tokens (key padding is masked by
+`concrete_lengths`, so it has no effect); consecutive calls that fit one bucket run inside
+one compiled `fori_loop`, and only L / bucket shapes are ever compiled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from pgm_jax import objectives
-from pgm_jax.sampling.categorical import sample_tokens, top_p_filter
+from pgm_jax.sampling.categorical import sample_logits, x64_scope
 
 Array = jax.Array
+MODES = ("efficient-uniform", "efficient-non-uniform")
+T_MIN = 1e-5  # the reference's final time; sets the non-uniform rate dt = (1 - T_MIN) / S
 
 
 def tokens_per_step(length: int, steps: int) -> int:
-    """k = L / S; the reference requires S to divide L (checked by the caller's config)."""
+    """k = L / S; the reference requires S to divide L (checked by the callers' flags)."""
     if length % steps:
         raise ValueError(f"sample.steps={steps} must divide model.length={length}")
     return length // steps
 
 
 def default_bucket(length: int) -> int:
-    """Bucket size: L/8 rounded up to a multiple of 8 (8 compiled shapes), at least 8."""
-    return max(8, int(math.ceil(length / 8 / 8) * 8))
+    """Bucket size: L/16 rounded up to a multiple of 8, at least 64 (at most 16 shapes).
+
+    Padding costs half a bucket per call on average, L/32 tokens or ~6% of the mean clean
+    length L/2 (12% with L/8 buckets); each bucket is one more compilation, so short sequences,
+    where compiling dominates, get few.
+    """
+    return max(64, int(math.ceil(length / 16 / 8) * 8))
+
+
+def uniform_counts(num_samples: int, length: int, steps: int) -> np.ndarray:
+    """int32 [N, calls]: k tokens per call, k-1 at the last (L-1 positions to fill)."""
+    k = tokens_per_step(length, steps)
+    counts = np.full((num_samples, steps), k, np.int32)
+    counts[:, -1] -= 1
+    return _drop_empty_calls(counts)
+
+
+def binomial_counts(key: Array, num_samples: int, length: int, steps: int) -> np.ndarray:
+    """int32 [N, calls]: the reference's non-uniform schedule (see the module docstring)."""
+    dt = (1.0 - T_MIN) / steps
+    draws = jax.random.binomial(key, length, dt, (num_samples, steps), jnp.float32)
+    decoded = np.minimum(np.cumsum(np.asarray(draws, np.int64), axis=1), length - 1)
+    counts = np.diff(decoded, axis=1, prepend=0)
+    leftover = (length - 1) - decoded[:, -1:]
+    if leftover.any():
+        counts = np.concatenate([counts, leftover], axis=1)
+    return _drop_empty_calls(counts.astype(np.int32))
+
+
+def _drop_empty_calls(counts: np.ndarray) -> np.ndarray:
+    return counts[:, counts.max(axis=0) > 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Calls [first, last) compiled as one loop: clean prefix <= bucket, `width` queries."""
+
+    first: int
+    last: int
+    bucket: int
+    width: int
+
+
+def plan_segments(counts: np.ndarray, length: int, bucket: int, exact_width: bool
+                  ) -> list[Segment]:
+    """Groups consecutive calls by encoder bucket; one query width per group.
+
+    `exact_width`: the decoder gets exactly the largest count of the group (the uniform
+    schedule decodes k every call). Otherwise the width is rounded up to a power of two, so
+    that different draws of a ragged schedule reuse the compiled shapes.
+    """
+    decoded_before = np.cumsum(counts, axis=1) - counts  # [N, calls]
+    need = 1 + decoded_before.max(axis=0)
+    buckets = np.minimum(-(-need // bucket) * bucket, length)
+    segments: list[Segment] = []
+    for b in np.unique(buckets):  # buckets grow with the call index: each is one run
+        calls = np.flatnonzero(buckets == b)
+        width = int(counts[:, calls].max())
+        if not exact_width:
+            width = 1 << (width - 1).bit_length()
+        segments.append(Segment(int(calls[0]), int(calls[-1]) + 1, int(b), width))
+    return segments
 
 
 @functools.partial(
-    jax.jit, static_argnames=("graphdef", "bucket", "k", "top_p", "temperature", "float64")
+    jax.jit,
+    static_argnames=("graphdef", "bucket", "width", "top_p", "temperature", "float64"),
+    donate_argnums=(2,),
 )
-def _run_bucket(graphdef, params, x, order, key, first_step, last_step, *, bucket, k, top_p,
-                temperature, float64):
-    """Runs steps [first_step, last_step) whose clean prefix fits in `bucket` tokens.
+def _run_segment(graphdef, params, packed, positions, decoded_before, counts, key, first, last,
+                 *, bucket, width, top_p, temperature, float64):
+    """Runs calls [first, last) whose clean prefix fits in `bucket` tokens.
 
-    x: int32 [N, L] tokens in natural order (undecoded positions hold anything);
-    order: int32 [N, L] = [decoding order of positions 1..L-1, then one pad entry 0].
+    packed: int32 [N, L + pad] tokens in decoding order (index 0 is BOS; entries past the
+    decoded prefix hold anything); positions: int32 [N, L + pad] their absolute positions
+    (0, then the permutation of 1..L-1, then 0 padding); decoded_before, counts: int32
+    [N, calls]. Returns the updated `packed`.
     """
     model = nnx.merge(graphdef, params)
-    n = x.shape[0]
-    # Packed clean positions: BOS at 0, then the first bucket-1 decoded positions in order.
-    clean_pos = jnp.concatenate([jnp.zeros((n, 1), jnp.int32), order[:, : bucket - 1]], axis=1)
-    num_queries = order.shape[1] - 1  # L - 1 real positions
+    n = packed.shape[0]
+    rows = jnp.arange(n)[:, None]
+    slots = jnp.arange(width)[None, :]
+    # The encoder input is a static slice: decoded tokens are packed at the front.
+    clean_pos = positions[:, :bucket]
 
-    def body(s, x):
-        n_clean = 1 + s * k
-        clean_tok = jnp.take_along_axis(x, clean_pos, axis=1)
-        q_idx = s * k + jnp.arange(k)
-        q_pos = jax.lax.dynamic_slice_in_dim(order, s * k, k, axis=1)
-        logits = model.infer(clean_tok, clean_pos, q_pos, jnp.full((n,), n_clean, jnp.int32))
-        logp = objectives.pgm_logprobs(top_p_filter(logits, top_p), model.cfg.mask_index)
-        new = sample_tokens(jax.random.fold_in(key, s), logp, float64=float64,
-                            temperature=temperature)
-        # Query slots past L-1 (the last step's padding) point at position 0: keep BOS there.
-        new = jnp.where(q_idx[None] < num_queries, new, jnp.take_along_axis(x, q_pos, axis=1))
-        return x.at[jnp.arange(n)[:, None], q_pos].set(new)
+    def body(s, packed):
+        before, count = decoded_before[:, s], counts[:, s]
+        q_idx = 1 + before[:, None] + slots  # [N, width] indices into the packed order
+        q_pos = jnp.take_along_axis(positions, q_idx, axis=1)
+        logits = model.infer(packed[:, :bucket], clean_pos, q_pos, 1 + before)
+        new = sample_logits(jax.random.fold_in(key, s), logits, mask_index=model.cfg.mask_index,
+                            top_p=top_p, temperature=temperature, float64=float64)
+        # Query slots past this sequence's count (ragged schedules, the last call's padding)
+        # keep what is there; they are decoded by a later call, or are padding.
+        new = jnp.where(slots < count[:, None], new, jnp.take_along_axis(packed, q_idx, axis=1))
+        return packed.at[rows, q_idx].set(new)
 
-    return jax.lax.fori_loop(first_step, last_step, body, x)
+    return jax.lax.fori_loop(first, last, body, packed)
 
 
 def sample(graphdef: nnx.GraphDef, params: dict, key: Array, *, num_samples: int, length: int,
            steps: int, bos_id: int, top_p: float = 1.0, temperature: float = 1.0,
-           float64: bool = False, bucket: int | None = None, batch_sharding=None) -> Array:
-    """Draws `num_samples` sequences int32 [num_samples, length] with BOS at position 0."""
-    k = tokens_per_step(length, steps)
-    bucket = min(bucket or default_bucket(length), length)
-    k_order, k_steps = jax.random.split(key)
+           float64: bool = False, mode: str = "efficient-uniform", bucket: int = 0,
+           batch_sharding=None, compile_only: bool = False) -> Array:
+    """Draws `num_samples` sequences int32 [num_samples, length] with BOS at position 0.
+
+    `bucket` (0 = `default_bucket(length)`; `length` = pad to L, the naive baseline) sets the
+    encoder's shape granularity; it changes the cost, never the samples. `compile_only` runs
+    every compiled loop over an empty range of calls: it compiles what a real call with the
+    same arguments needs, and returns the (undecoded) initial tokens.
+    """
+    if mode not in MODES:
+        raise ValueError(f"sample.mode={mode!r}: must be one of {MODES}")
+    k_order, k_sched, k_steps = jax.random.split(key, 3)
+    if mode == "efficient-uniform":
+        counts = uniform_counts(num_samples, length, steps)
+    else:
+        counts = binomial_counts(k_sched, num_samples, length, steps)
+    segments = plan_segments(counts, length, min(bucket or default_bucket(length), length),
+                             exact_width=mode == "efficient-uniform")
+    pad = max(s.width for s in segments)
     # Per-sequence uniformly random order of positions 1..L-1 (argsort of uniforms).
-    u = jax.random.uniform(k_order, (num_samples, length - 1))
+    u = jax.random.uniform(k_order, (num_samples, length - 1), jnp.float32)
     order = (jnp.argsort(u, axis=1) + 1).astype(jnp.int32)
-    order = jnp.concatenate([order, jnp.zeros((num_samples, 1), jnp.int32)], axis=1)
-    x = jnp.full((num_samples, length), bos_id, jnp.int32)
+    zeros = jnp.zeros((num_samples, 1), jnp.int32)
+    positions = jnp.concatenate([zeros, order, jnp.zeros((num_samples, pad), jnp.int32)], 1)
+    packed = jnp.full(positions.shape, bos_id, jnp.int32)
+    decoded_before = np.cumsum(counts, axis=1) - counts
+    arrays = (packed, positions, jnp.asarray(decoded_before, jnp.int32),
+              jnp.asarray(counts, jnp.int32))
     if batch_sharding is not None:
-        x, order = jax.device_put((x, order), batch_sharding)
-    s = 0
-    while s < steps:
-        # Largest step whose clean prefix (1 + s*k tokens) still fits in the current bucket.
-        size = min(int(math.ceil((1 + s * k) / bucket)) * bucket, length)
-        last = min(steps, (size - 1) // k + 1)
-        x = _run_bucket(graphdef, params, x, order, k_steps, s, last, bucket=size, k=k,
-                        top_p=float(top_p), temperature=float(temperature), float64=float64)
-        s = last
-    return x
+        arrays = jax.device_put(arrays, batch_sharding)
+    packed, positions, decoded_before, counts = arrays
+    with x64_scope(float64):
+        for seg in segments:
+            first = seg.last if compile_only else seg.first
+            packed = _run_segment(graphdef, params, packed, positions, decoded_before, counts,
+                                  k_steps, first, seg.last, bucket=seg.bucket, width=seg.width,
+                                  top_p=float(top_p), temperature=float(temperature),
+                                  float64=float64)
+    return to_natural_order(packed[:, :length], positions[:, :length])
+
+
+@jax.jit
+def to_natural_order(packed: Array, positions: Array) -> Array:
+    """out[b, positions[b, i]] = packed[b, i]; positions[b] is a permutation of 0..L-1."""
+    rows = jnp.arange(packed.shape[0])[:, None]
+    return jnp.zeros_like(packed).at[rows, positions].set(packed)

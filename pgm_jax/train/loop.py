@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
-import time
+import shutil
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -13,15 +15,16 @@ from absl import logging
 from flax import nnx
 from ml_collections import ConfigDict
 
-from pgm_jax import checkpoint, sharding
+from pgm_jax import checkpoint, distributed, sharding
 from pgm_jax import config as config_lib
 from pgm_jax.data import TextData, load_text_data
-from pgm_jax.data.pipeline import eval_batches, num_eval_batches, train_iterator
-from pgm_jax.metrics import MetricsWriter, Progress
+from pgm_jax.metrics import TB_DIR, MetricsWriter, NonFiniteError, Progress, nonfinite
 from pgm_jax.models import ModelConfig, build_model
 from pgm_jax.restore import CHECKPOINT_DIR
 from pgm_jax.sampling import generate
+from pgm_jax.tensorboard import ProfileWindow
 from pgm_jax.train import optim
+from pgm_jax.train.preemption import PreemptionWatch
 from pgm_jax.train.step import (
     LOSSES,
     TrainState,
@@ -52,29 +55,56 @@ class Run:
 def setup(config: ConfigDict, workdir: str) -> Run:
     """Validates, loads data and tokenizer, builds the mesh and the abstract model.
 
-    Raises ConfigError / DataError / MeshError before anything is written but the tokenizer.
+    Raises ConfigError / DataError / MeshError; every config check runs before anything is
+    written, and only data loading writes (the tokenizer; see `train` for the clean-up).
     """
     config_lib.validate(config)
-    mesh = sharding.make_mesh(dict(config.mesh))
-    dp = sharding.data_parallel_size(mesh)
-    for key in ("batch_size", "eval_batch_size"):
-        if config.train[key] % dp or config.train[key] % jax.process_count():
-            raise config_lib.ConfigError(
-                f"config.train.{key}={config.train[key]}: must be divisible by the "
-                f"data-parallel size mesh.data x mesh.fsdp = {dp} and the process count"
-            )
+    _check_resume(config, workdir)
+    mesh = build_mesh(config)
     os.makedirs(workdir, exist_ok=True)
     data = load_text_data(config.data, config.model.length, workdir)
     model_cfg = config_lib.model_config(
         config, vocab_size=data.tokenizer.vocab_size, mask_index=data.tokenizer.mask_id
     )
+    graphdef, shardings, tx = abstract_training(config, model_cfg, mesh)
+    return Run(config, model_cfg, data, mesh, graphdef, shardings, tx)
+
+
+def build_mesh(config: ConfigDict, devices: list | None = None) -> jax.sharding.Mesh:
+    """The mesh of `config.mesh` over `devices` (default all); refuses batch sizes that do not
+    split over its data shards (training: into `train.grad_accum` micro-batches each) or over
+    the processes."""
+    mesh = sharding.make_mesh(dict(config.mesh), devices)
+    dp = sharding.data_parallel_size(mesh)
+    accum = config.train.grad_accum
+    for key, parts in (("batch_size", dp * accum), ("eval_batch_size", dp)):
+        if config.train[key] % parts or config.train[key] % jax.process_count():
+            raise config_lib.ConfigError(
+                f"config.train.{key}={config.train[key]}: must be divisible by the data-parallel "
+                f"size (mesh.data x mesh.fsdp, with mesh.dcn_*) = {dp}"
+                + (f" times train.grad_accum={accum}" if key == "batch_size" else "")
+                + f" and the process count {jax.process_count()}"
+            )
+    return mesh
+
+
+def abstract_training(config: ConfigDict, model_cfg: ModelConfig, mesh: jax.sharding.Mesh
+                      ) -> tuple[nnx.GraphDef, TrainState, object]:
+    """(graphdef, TrainState shardings, optimizer) without allocating any parameter.
+
+    Logs the parameter sharding table (process 0) and refuses a layout that leaves more than
+    `mesh.max_replicated_fraction` of the parameters replicated.
+    """
     for field, message in model_cfg.problems():
         raise config_lib.ConfigError(f"config.model.{field}: {message}")
     tx = optim.make_optimizer(config.optim, config.train.num_steps)
     abstract_model = nnx.eval_shape(lambda: build_model(model_cfg, config.seed))
+    layouts = sharding.param_layouts(abstract_model, mesh)
+    if jax.process_index() == 0:
+        logging.info("parameter sharding:\n%s", sharding.sharding_table(layouts, mesh))
+    sharding.check_replicated(layouts, mesh, config.mesh.max_replicated_fraction)
     graphdef, _ = nnx.split(abstract_model)
-    shardings = state_shardings(abstract_model, tx, mesh)
-    return Run(config, model_cfg, data, mesh, graphdef, shardings, tx)
+    return graphdef, state_shardings(abstract_model, tx, mesh), tx
 
 
 def initial_state(run: Run) -> TrainState:
@@ -84,9 +114,16 @@ def initial_state(run: Run) -> TrainState:
                    out_shardings=run.shardings)()
 
 
-def restore_state(run: Run, ckpt: checkpoint.Checkpointer, step: int
-                  ) -> tuple[TrainState, dict | None]:
-    """The TrainState and data-iterator state saved at `step`, on the current mesh."""
+def _check_resume(config: ConfigDict, workdir: str) -> None:
+    """A workdir with checkpoints resumes only with the model and vocabulary they hold."""
+    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    if (os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)
+            and os.path.exists(os.path.join(workdir, "config.json"))):
+        config_lib.check_resume(config, config_lib.load_run_config(workdir), workdir)
+
+
+def _restore_targets(run: Run, ckpt: checkpoint.Checkpointer, step: int) -> dict:
+    """Abstract restore targets of a TrainState on the run's (current) mesh shardings."""
     abstract = jax.eval_shape(lambda: initial_state(run))
     sh = run.shardings
     opt_target = {"step": abstract.step, "opt_state": abstract.opt_state, "key": abstract.key}
@@ -98,11 +135,28 @@ def restore_state(run: Run, ckpt: checkpoint.Checkpointer, step: int
     }
     if "data" in ckpt.item_names(step):
         targets["data"] = None
-    r = ckpt.restore(step, targets)
+    return targets
+
+
+def _train_state(r: dict) -> tuple[TrainState, dict | None]:
     opt = r["opt"]
     state = TrainState(step=opt["step"], params=r["params"], opt_state=opt["opt_state"],
                        ema=r["ema"], key=opt["key"])
     return state, r.get("data")
+
+
+def restore_state(run: Run, ckpt: checkpoint.Checkpointer, step: int
+                  ) -> tuple[TrainState, dict | None]:
+    """The TrainState and data-iterator state saved at `step`, on the current mesh."""
+    return _train_state(ckpt.restore(step, _restore_targets(run, ckpt, step)))
+
+
+def restore_newest(run: Run, ckpt: checkpoint.Checkpointer
+                   ) -> tuple[TrainState, dict | None] | None:
+    """Like `restore_state` for the newest checkpoint that restores (damaged ones are skipped
+    with a warning); None when the directory holds no checkpoint."""
+    restored = ckpt.restore_newest(lambda step: _restore_targets(run, ckpt, step))
+    return None if restored is None else _train_state(restored[1])
 
 
 def evaluate(run: Run, eval_fn, params: dict, max_batches: int = 0) -> dict[str, float]:
@@ -110,8 +164,8 @@ def evaluate(run: Run, eval_fn, params: dict, max_batches: int = 0) -> dict[str,
     bs = run.config.train.eval_batch_size
     base = jax.random.key(run.config.seed + EVAL_SEED_OFFSET)
     total, count = 0.0, 0.0
-    n = num_eval_batches(len(run.data.val_blocks), bs)
-    batches = eval_batches(run.data.val_blocks, bs, jax.process_index(), jax.process_count())
+    n = run.data.num_eval_batches(bs)
+    batches = run.data.eval_batches(bs, jax.process_index(), jax.process_count())
     for i, batch in enumerate(batches):
         if max_batches and i >= max_batches:
             break
@@ -138,29 +192,55 @@ def write_samples(run: Run, params: dict, workdir: str, step: int) -> list[str]:
 
 
 def train(config: ConfigDict, workdir: str) -> dict:
-    """Trains (or resumes) in `workdir`; returns the last train and eval metrics."""
-    run = setup(config, workdir)
+    """Trains (or resumes) in `workdir`; returns the last train and eval metrics.
+
+    A start that fails (config, data, checkpoint) leaves `workdir` as it was. A SIGTERM (or
+    the multi-host preemption sync point) saves a checkpoint of the current step and returns
+    early with result["preempted"] = True.
+    """
     tc = config.train
+    with _undo_on_failure(workdir):
+        run = setup(config, workdir)
+        ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+                                       keep=tc.keep_checkpoints)
+        try:
+            it = run.data.train_iterator(tc.batch_size, config.seed, jax.process_index(),
+                                         jax.process_count(), config.data.worker_count)
+            restored = restore_newest(run, ckpt)
+        except BaseException:
+            ckpt.close()
+            raise
+    distributed.log_to_file(workdir)  # the start succeeded: from here the workdir is the run's
+    if restored is not None:
+        state, data_state = restored
+        if data_state is not None:
+            it.set_state(data_state)
+        logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
+    else:
+        state = initial_state(run)
     is_main = jax.process_index() == 0
     if is_main:
         config_lib.save_config(_resolved(config, run.model_cfg), workdir)
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
-                                   keep=tc.keep_checkpoints)
-    it = train_iterator(run.data.train_blocks, tc.batch_size, config.seed, jax.process_index(),
-                        jax.process_count(), config.data.worker_count)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state, data_state = restore_state(run, ckpt, latest)
-        if data_state is not None:
-            it.set_state(data_state)
-        logging.info("resumed from %s at step %d", ckpt.directory, latest)
-    else:
-        state = initial_state(run)
-    loss_fn = LOSSES[run.model_cfg.kind]
-    train_step = jit_train_step(make_train_step(run.graphdef, loss_fn, run.tx,
-                                                config.optim.ema_decay), run.shardings, run.mesh)
-    eval_step = jit_eval_step(make_eval_step(run.graphdef, loss_fn), run.shardings.ema, run.mesh)
     writer = MetricsWriter(workdir, enabled=is_main)
+    profile = ProfileWindow(os.path.join(workdir, TB_DIR), tc.profile_start, tc.profile_steps)
+    try:
+        with PreemptionWatch(ckpt) as preemption:
+            return _loop(run, workdir, state, it, ckpt, writer, profile, preemption)
+    finally:
+        profile.close()
+        writer.close()
+        ckpt.close()
+
+
+def _loop(run: Run, workdir: str, state: TrainState, it, ckpt: checkpoint.Checkpointer,
+          writer: MetricsWriter, profile: ProfileWindow, preemption: PreemptionWatch) -> dict:
+    config, tc = run.config, run.config.train
+    loss_fn = LOSSES[config.algo]
+    train_step = jit_train_step(
+        make_train_step(run.graphdef, loss_fn, run.tx, config.optim.ema_decay,
+                        tc.grad_accum, sharding.data_parallel_size(run.mesh)),
+        run.shardings, run.mesh)
+    eval_step = jit_eval_step(make_eval_step(run.graphdef, loss_fn), run.shardings.ema, run.mesh)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("%s model: %.2fM parameters; mesh %s; global batch %d x %d tokens",
                  run.model_cfg.kind, n_params / 1e6, dict(run.mesh.shape), tc.batch_size,
@@ -168,54 +248,86 @@ def train(config: ConfigDict, workdir: str) -> dict:
 
     step = int(state.step)
     result: dict = {"step": step}
+    progress = Progress(tc.num_steps, tc.batch_size * run.model_cfg.length, step)
     if step == 0:
-        result["eval"] = _eval_and_log(run, eval_step, state, writer, 0)
-    progress = Progress(tc.num_steps, tc.batch_size * run.model_cfg.length)
-    pending = None  # (step, metrics) fetched one step late so the host never stalls the device
-    progress.start(step)
+        with progress.phase("eval"):
+            result["eval"] = _eval_and_log(run, eval_step, state, writer, 0)
+    window: list = []  # (step, metrics on device) since the last log line
+    pending = None  # the last window, fetched one step late so the host never stalls the device
+    first = step
     while step < tc.num_steps:
-        t0 = time.perf_counter()
-        batch = sharding.global_batch(run.mesh, next(it))
-        progress.add("data", time.perf_counter() - t0)
-        state, metrics = train_step(state, batch)
+        profile.before_step(step + 1)
+        with progress.phase("data"):
+            batch = sharding.global_batch(run.mesh, next(it))
+        with progress.phase("compile") if step == first else contextlib.nullcontext():
+            state, metrics = train_step(state, batch)
         step += 1
+        window.append((step, metrics))
+        profile.after_step(step, state)
         if pending is not None:
-            result["train"] = _log_train(progress, writer, *pending)
+            result["train"] = _log_train(progress, writer, pending, tc.nonfinite)
             pending = None
         if step % tc.log_every == 0 or step == tc.num_steps:
-            pending = (step, metrics)
-        if step % tc.eval_every == 0 or step == tc.num_steps:
+            pending, window = window, []
+        preempted = preemption.reached(step)
+        if (step % tc.eval_every == 0 or step == tc.num_steps) and not preempted:
             if pending is not None:
-                result["train"] = _log_train(progress, writer, *pending)
+                result["train"] = _log_train(progress, writer, pending, tc.nonfinite)
                 pending = None
-            t0 = time.perf_counter()
-            result["eval"] = _eval_and_log(run, eval_step, state, writer, step)
-            progress.add("eval", time.perf_counter() - t0)
-            progress.start(step)
-        if tc.sample_every and (step % tc.sample_every == 0 or step == tc.num_steps):
-            texts = write_samples(run, state.ema, workdir, step)
+            jax.block_until_ready(state)  # the steps' own time stays in "step"
+            with progress.phase("eval"):
+                result["eval"] = _eval_and_log(run, eval_step, state, writer, step)
+        if (tc.sample_every and (step % tc.sample_every == 0 or step == tc.num_steps)
+                and not preempted):
+            jax.block_until_ready(state)
+            with progress.phase("sample"):
+                texts = write_samples(run, state.ema, workdir, step)
             logging.info("sample at step %d: %s", step, texts[0][:200].replace("\n", " "))
-            progress.start(step)
-        if step % tc.checkpoint_every == 0 or step == tc.num_steps:
-            t0 = time.perf_counter()
-            ckpt.save(step, params=state.params, ema=state.ema,
-                      opt={"step": state.step, "opt_state": state.opt_state, "key": state.key},
-                      data=it.get_state())
-            progress.add("checkpoint", time.perf_counter() - t0)
-    if pending is not None:
-        result["train"] = _log_train(progress, writer, *pending)
-    if "eval" not in result:  # resumed a finished run: report its quality anyway
+        if step % tc.checkpoint_every == 0 or step == tc.num_steps or preempted:
+            jax.block_until_ready(state)
+            with progress.phase("checkpoint"):
+                ckpt.save(step, params=state.params, ema=state.ema,
+                          opt={"step": state.step, "opt_state": state.opt_state,
+                               "key": state.key},
+                          data=it.get_state())
+                if preempted:
+                    ckpt.wait()  # the process is about to exit: commit it now
+        if preempted:
+            logging.warning("preempted at step %d: checkpoint saved in %s, stopping", step,
+                            ckpt.directory)
+            result["preempted"] = True
+            break
+    for chunk in (pending, window):
+        if chunk:
+            result["train"] = _log_train(progress, writer, chunk, tc.nonfinite)
+    if "eval" not in result and not result.get("preempted"):
+        # resumed a finished run: report its quality anyway
         result["eval"] = _eval_and_log(run, eval_step, state, writer, step)
-    ckpt.close()
     result["step"] = step
     result["phase_seconds"] = dict(progress.phase_seconds)
     return result
 
 
-def _log_train(progress: Progress, writer: MetricsWriter, step: int, metrics: dict) -> dict:
-    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+def _log_train(progress: Progress, writer: MetricsWriter, window: list, mode: str) -> dict:
+    """Reports the non-finite steps of `window` (stops the run for mode 'stop') and writes
+    the metrics of its last step with throughput, ETA and time shares."""
+    fetched = jax.device_get([m for _, m in window])
+    bad = []
+    for (step, _), m in zip(window, fetched, strict=True):
+        what = nonfinite({k: float(v) for k, v in m.items()})
+        if what:
+            logging.warning("step %d: non-finite %s: update skipped", step, what)
+            bad.append((step, what))
+    if bad and mode == "stop":
+        raise NonFiniteError(
+            f"step {bad[0][0]}: non-finite {bad[0][1]}; the run stops "
+            "(config.train.nonfinite='stop'; 'skip' would carry on without those updates)"
+        )
+    step = window[-1][0]
+    values = {k: float(v) for k, v in fetched[-1].items()}
     speed = progress.report(step, {"loss": values["loss"], "grad_norm": values["grad_norm"]})
     values.update(speed)
+    values["nonfinite_steps"] = float(len(bad))
     writer.write(step, "train", values)
     return values
 
@@ -227,6 +339,31 @@ def _eval_and_log(run: Run, eval_step, state: TrainState, writer: MetricsWriter,
                  ev["tokens"])
     writer.write(step, "eval", ev)
     return ev
+
+
+@contextlib.contextmanager
+def _undo_on_failure(workdir: str) -> Iterator[None]:
+    """Deletes whatever a failing start-up created: new entries of `workdir`, or the workdir
+    (with any parent directory it needed) when it did not exist before."""
+    path = os.path.abspath(workdir)
+    created = None  # the outermost directory this start-up would create
+    while not os.path.exists(path):
+        created, path = path, os.path.dirname(path)
+    before = set() if created else set(os.listdir(workdir))
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        else:
+            for name in set(os.listdir(workdir)) - before:
+                entry = os.path.join(workdir, name)
+                if os.path.isdir(entry) and not os.path.islink(entry):
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(entry)
+        raise
 
 
 def _resolved(config: ConfigDict, model_cfg: ModelConfig) -> ConfigDict:

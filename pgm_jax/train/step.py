@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from pgm_jax import objectives, sharding
-from pgm_jax.models import PGM, DiT
+from pgm_jax.models import AR, PGM, DiT
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -49,29 +49,71 @@ def pgm_loss(model: PGM, batch: Batch, key: Array, train: bool) -> tuple[Array, 
     """
     tokens, valid = batch["tokens"], batch["valid"]
     k_t, k_g, k_drop = jax.random.split(key, 3)
-    t = objectives.antithetic_t(k_t, tokens.shape[0])
+    t = objectives.batch_times(k_t, batch)
     groups = objectives.sample_partition(k_g, t, tokens.shape)
-    logits = model(tokens, groups, key=k_drop if train else None,
-                   segment_ids=batch.get("segment_ids"))
-    logp = objectives.target_logprob(logits, tokens, model.cfg.mask_index)
+    logp = model(tokens, groups, key=k_drop if train else None,
+                 segment_ids=batch.get("segment_ids"), targets=tokens)
     nll = objectives.pgm_token_nll(logp, groups, t, train=train)
     return objectives.masked_mean(nll, valid)
 
 
 def mdlm_loss(model: DiT, batch: Batch, key: Array, train: bool) -> tuple[Array, Array]:
-    """MDLM objective (same estimator for train and eval): masked tokens weighted by 1/t."""
+    """MDLM objective (same estimator for train and eval): masked tokens weighted by 1/t.
+
+    The backbone gets sigma = -log(alpha_t); it only reads it with time conditioning on.
+    """
     tokens, valid = batch["tokens"], batch["valid"]
     k_t, k_m, k_drop = jax.random.split(key, 3)
-    t = objectives.antithetic_t(k_t, tokens.shape[0])
+    t = objectives.batch_times(k_t, batch)
     xt = objectives.mask_tokens(k_m, tokens, t, model.cfg.mask_index)
-    logits = model(xt, key=k_drop if train else None)
     # SUBS adds -1e6 to the MASK logit; -inf gives the same log-probs to float32 precision.
-    logp = objectives.target_logprob(logits, tokens, model.cfg.mask_index)
+    logp = model(xt, sigma=objectives.sigma_of(t), key=k_drop if train else None,
+                 targets=tokens)
     nll = objectives.mdlm_token_nll(logp, xt, t, model.cfg.mask_index)
     return objectives.masked_mean(nll, valid)
 
 
-LOSSES: dict[str, LossFn] = {"pgm": pgm_loss, "mdlm_dit": mdlm_loss}
+def complement_mdlm_loss(model: DiT, batch: Batch, key: Array, train: bool
+                         ) -> tuple[Array, Array]:
+    """Complementary-masking MDLM (spec §2.7); evaluation is plain MDLM, as in the reference.
+
+    Training runs one DiT pass over 2B sequences, x_t (time t) and x_t^c (time 1 - t), with
+    the same t and x_t as `mdlm_loss` draws from `key`.
+    """
+    if not train:
+        return mdlm_loss(model, batch, key, train)
+    tokens, valid = batch["tokens"], batch["valid"]
+    b, mask = tokens.shape[0], model.cfg.mask_index
+    k_t, k_m, k_drop = jax.random.split(key, 3)
+    t = objectives.batch_times(k_t, batch)
+    xt = objectives.mask_tokens(k_m, tokens, t, mask)
+    xtc = objectives.complement_mask(tokens, xt, mask)
+    # Interleaved [x_t^0, x_t^c0, x_t^1, ...] rather than concatenated: each device's slice of
+    # the batch-sharded inputs stays on that device.
+    pair = lambda a, c: jnp.stack([a, c], axis=1).reshape(2 * b, *a.shape[1:])
+    logp = model(pair(xt, xtc), sigma=objectives.sigma_of(pair(t, 1.0 - t)), key=k_drop,
+                 targets=pair(tokens, tokens)).reshape(b, 2, -1)
+    nll = objectives.complement_mdlm_token_nll(logp[:, 0], logp[:, 1], tokens, xt, t, mask)
+    return objectives.masked_mean(nll, valid)
+
+
+def ar_loss(model: AR, batch: Batch, key: Array, train: bool) -> tuple[Array, Array]:
+    """Autoregressive NLL, exact (train and eval): position i predicts token i + 1.
+
+    As in the reference, the model reads tokens[:, :-1] and the first token is never scored.
+    """
+    tokens, valid = batch["tokens"], batch["valid"]
+    logp = model(tokens[:, :-1], key=key if train else None, targets=tokens[:, 1:])
+    return objectives.masked_mean(-logp, valid[:, 1:])
+
+
+# By `config.algo`.
+LOSSES: dict[str, LossFn] = {
+    "pgm": pgm_loss,
+    "mdlm": mdlm_loss,
+    "complement_mdlm": complement_mdlm_loss,
+    "ar": ar_loss,
+}
 
 
 def ema_decay_at(step: Array, decay: float) -> Array:
@@ -112,24 +154,88 @@ def state_shardings(model: nnx.Module, tx: optax.GradientTransformation, mesh: M
     )
 
 
+def microbatches(batch: Batch, grad_accum: int, data_shards: int) -> Batch:
+    """Global [B, ...] arrays -> [grad_accum, B / grad_accum, ...] micro-batches.
+
+    Micro-batch j takes the j-th sub-slice of every data shard's rows (a shard holds B /
+    data_shards contiguous rows), so each micro-batch stays spread over all devices and the
+    split moves no data between them.
+    """
+
+    def split(x: Array) -> Array:
+        per_shard = x.shape[0] // (data_shards * grad_accum)
+        x = x.reshape(data_shards, grad_accum, per_shard, *x.shape[1:]).swapaxes(0, 1)
+        return x.reshape(grad_accum, data_shards * per_shard, *x.shape[3:])
+
+    return jax.tree.map(split, batch)
+
+
+def accumulated_grads(graphdef: nnx.GraphDef, loss_fn: LossFn, params: dict, batch: Batch,
+                      key: Array, grad_accum: int = 1, data_shards: int = 1
+                      ) -> tuple[Array, Array, dict]:
+    """(sum of token NLLs, valid tokens, gradient of the sum) over the batch.
+
+    With grad_accum > 1 a `lax.scan` runs the micro-batches one after another, so activations
+    exist for one micro-batch at a time; the diffusion times are drawn once, stratified over
+    the global batch, and sliced like the tokens (`batch["t"]`, see `objectives.batch_times`).
+    Micro-batch j draws its other noise from `fold_in(key, j)`.
+    """
+
+    def grads_of(mb: Batch, k: Array) -> tuple[Array, Array, dict]:
+        def total_nll(p):
+            return loss_fn(nnx.merge(graphdef, p), mb, k, True)
+
+        (total, count), grads = jax.value_and_grad(total_nll, has_aux=True)(params)
+        return total, count, grads
+
+    if grad_accum == 1:
+        return grads_of(batch, key)
+    k_t, key = jax.random.split(key)
+    t = objectives.antithetic_t(k_t, batch["tokens"].shape[0])
+    micro = microbatches({**batch, "t": t}, grad_accum, data_shards)
+
+    def body(acc, xs):
+        j, mb = xs
+        return jax.tree.map(jnp.add, acc, grads_of(mb, jax.random.fold_in(key, j))), None
+
+    zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
+             jax.tree.map(jnp.zeros_like, params))
+    acc, _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
+    return acc
+
+
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation,
-                    ema_decay: float) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """(state, batch) -> (state, metrics); pure, to be jitted with donation of the state."""
+                    ema_decay: float, grad_accum: int = 1, data_shards: int = 1
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """(state, batch) -> (state, metrics); pure, to be jitted with donation of the state.
+
+    The loss is the per-token average over the global batch: gradients of the summed NLL
+    (accumulated over `grad_accum` micro-batches, `accumulated_grads`) divided by the number
+    of valid tokens. `data_shards` is the mesh's data x fsdp size (micro-batch layout).
+    A step whose loss or gradient norm is NaN / Inf changes nothing but the step counter:
+    params, optimizer state and EMA keep their values (the loop reports it from `metrics`).
+    """
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-
-        def objective(params):
-            total, count = loss_fn(nnx.merge(graphdef, params), batch, key, True)
-            return total / jnp.maximum(count, 1.0), count
-
-        (loss, count), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        total, count, grads = accumulated_grads(graphdef, loss_fn, state.params, batch, key,
+                                                grad_accum, data_shards)
+        denom = jnp.maximum(count, 1.0)
+        loss = total / denom
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay_at(state.step, ema_decay)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": count}
-        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
+        # One bad batch must not poison the weights and Adam moments for good. The select is
+        # computed on the device (no host sync) and fuses into the update's elementwise ops.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new = state.replace(step=state.step + 1, params=keep_old(params, state.params),
+                            opt_state=keep_old(opt_state, state.opt_state),
+                            ema=keep_old(ema, state.ema))
+        metrics = {"loss": loss, "grad_norm": grad_norm, "tokens": count}
         return new, metrics
 
     return train_step
@@ -146,15 +252,20 @@ def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn
 
 
 def jit_train_step(step_fn, shardings: TrainState, mesh: Mesh):
-    """jax.jit with explicit in/out shardings; the old state's buffers are donated."""
-    batch_sh = {"tokens": sharding.batch_sharding(mesh), "valid": sharding.batch_sharding(mesh)}
+    """jax.jit with explicit in/out shardings; the old state's buffers are donated.
+
+    Traced under the mesh so the models' activation constraints (`sharding.constrain`) apply.
+    """
+    # One sharding for every [B, L] leaf of the batch: tokens, valid and, for packed data,
+    # segment_ids.
+    batch_sh = sharding.batch_sharding(mesh)
     metric_sh = NamedSharding(mesh, P())
-    return jax.jit(step_fn, in_shardings=(shardings, batch_sh),
+    return jax.jit(sharding.traced_under(mesh, step_fn), in_shardings=(shardings, batch_sh),
                    out_shardings=(shardings, metric_sh), donate_argnums=(0,))
 
 
 def jit_eval_step(eval_fn, param_shardings, mesh: Mesh):
     batch_sh = {k: sharding.batch_sharding(mesh) for k in ("tokens", "valid")}
     rep = sharding.replicated(mesh)
-    return jax.jit(eval_fn, in_shardings=(param_shardings, batch_sh, rep),
-                   out_shardings=(rep, rep))
+    return jax.jit(sharding.traced_under(mesh, eval_fn),
+                   in_shardings=(param_shardings, batch_sh, rep), out_shardings=(rep, rep))

@@ -1,0 +1,209 @@
+"""Mesh from config, logical sharding rules, the replicated-fraction guard, and sharded /
+accumulated train steps that equal the plain single-device step."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from helpers import tiny_config
+
+from configs import demo
+from pgm_jax import config as config_lib
+from pgm_jax import objectives, sharding
+from pgm_jax.models import build_model
+from pgm_jax.train import loop, optim
+from pgm_jax.train.step import (
+    LOSSES,
+    init_state,
+    jit_train_step,
+    make_train_step,
+    microbatches,
+    state_shardings,
+)
+
+B = 8
+OPTIM = demo.get_config().optim
+
+
+def make_run(cfg, mesh, loss_fn, grad_accum=1):
+    """(jitted train step, initial state) for `cfg` on `mesh` (tiny, so no data pipeline)."""
+    tx = optim.make_optimizer(OPTIM, 100)
+    abstract = nnx.eval_shape(lambda: build_model(cfg, 0))
+    shardings = state_shardings(abstract, tx, mesh)
+    step = make_train_step(nnx.graphdef(abstract), loss_fn, tx, 0.9, grad_accum,
+                           sharding.data_parallel_size(mesh))
+    state = jax.jit(lambda: init_state(build_model(cfg, 0), tx, 0), out_shardings=shardings)()
+    return jit_train_step(step, shardings, mesh), state
+
+
+def two_steps(cfg, mesh, loss_fn, grad_accum=1):
+    step, state = make_run(cfg, mesh, loss_fn, grad_accum)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        tokens = rng.integers(0, cfg.vocab_size - 1, (B, cfg.length), dtype=np.int32)
+        batch = sharding.global_batch(mesh, {"tokens": tokens, "valid": np.ones_like(tokens)})
+        state, metrics = step(state, batch)
+    return jax.device_get(metrics), jax.device_get(state.params)
+
+
+def assert_same(a, b):
+    (ma, pa), (mb, pb) = a, b
+    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=2e-5)
+    np.testing.assert_allclose(ma["grad_norm"], mb["grad_norm"], rtol=1e-4)
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+        np.testing.assert_allclose(x, y, atol=2e-6, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def one_device():
+    return sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+
+
+@pytest.fixture(scope="module")
+def single_pgm(one_device):
+    return two_steps(tiny_config(dropout=0.1), one_device, LOSSES["pgm"])
+
+
+def test_fsdp_tensor_step_matches_single_device(single_pgm):
+    """(2, 4) fsdp x tensor with scan over layers, remat and chunked logits == one device."""
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+    cfg = tiny_config(dropout=0.1, scan_layers=True, remat="dots_no_batch", logits_chunk=8)
+    step, state = make_run(cfg, mesh, LOSSES["pgm"])
+    specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
+    assert any("fsdp" in s and "tensor" in s for s in specs)  # really sharded two ways
+    assert_same(two_steps(cfg, mesh, LOSSES["pgm"]), single_pgm)
+
+
+def fixed_partition_loss(model, batch, key, train):
+    """A PGM objective without noise (fixed partition), so any batching must give the same."""
+    del key
+    tokens = batch["tokens"]
+    groups = (jnp.arange(tokens.shape[1])[None] + tokens) % 2
+    logp = model(tokens, groups, targets=tokens)
+    return objectives.masked_mean(-logp, batch["valid"])
+
+
+def test_grad_accumulation_matches_full_batch(one_device):
+    cfg = tiny_config()
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2}, devices=jax.devices()[:4])
+    assert_same(two_steps(cfg, mesh, fixed_partition_loss, grad_accum=2),
+                two_steps(cfg, one_device, fixed_partition_loss))
+
+
+def test_microbatches_take_a_slice_of_every_shard():
+    rows = np.arange(16)
+    micro = np.asarray(microbatches({"x": rows}, 2, 4)["x"])
+    # 4 shards of 4 rows: micro-batch j holds rows 2j, 2j+1 of each shard.
+    np.testing.assert_array_equal(micro[0], [0, 1, 4, 5, 8, 9, 12, 13])
+    np.testing.assert_array_equal(micro[1], [2, 3, 6, 7, 10, 11, 14, 15])
+    t = objectives.antithetic_t(jax.random.key(0), 16)
+    parts = microbatches({"t": t}, 4, 2)["t"]
+    # Sliced global strata: every micro-batch's times together cover each stratum once.
+    strata = np.sort(np.floor(np.asarray(parts).ravel() * 16))
+    np.testing.assert_array_equal(strata, np.arange(16))
+
+
+# ----------------------------------------------------------------------------- layouts
+@pytest.fixture(scope="module")
+def layouts():
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+    model = nnx.eval_shape(lambda: build_model(tiny_config(), 0))
+    return mesh, model, sharding.param_layouts(model, mesh)
+
+
+def test_sharding_table_matches_rules(layouts):
+    mesh, model, lay = layouts
+    table = sharding.sharding_table(lay, mesh).splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in table[1:-1]}
+    assert len(rows) == len(lay)
+    # FSDP over the embedding dimension, tensor parallelism over heads / MLP / vocabulary.
+    assert rows["vocab_embed.embedding"] == ["64x32", "vocab,embed", "tensor,fsdp", "16x16"]
+    assert rows["encoder.blocks.0.attn_qkv.kernel"] == ["32x96", "embed,heads", "fsdp,tensor",
+                                                        "16x24"]
+    assert rows["decoder.layers.1.mlp.fc_out.kernel"] == ["128x32", "mlp,embed", "tensor,fsdp",
+                                                          "32x16"]
+    assert rows["encoder.blocks.0.norm1.scale"] == ["32", "norm", "-", "32"]
+    assert "0.56% replicated" in table[-1]
+    # The train state really uses the table's shardings (params, EMA and Adam moments).
+    sh = state_shardings(model, optim.make_optimizer(OPTIM, 10), mesh)
+    flat = {".".join(str(k.key) for k in path): s.spec
+            for path, s in jax.tree_util.tree_flatten_with_path(sh.params)[0]}
+    assert flat == {x.path: x.spec for x in lay.values()}
+    moments = [s for s in jax.tree.leaves(sh.opt_state) if any(a for a in s.spec)]
+    assert len(moments) == 2 * sum(not x.replicated for x in lay.values())  # Adam mu and nu
+
+
+def test_replicated_guard(layouts):
+    mesh, model, lay = layouts
+    sharding.check_replicated(lay, mesh, 0.05)  # the default rules pass
+    bad = dict(sharding.LOGICAL_RULES, embed=None, cond=None, vocab=None)
+    bad_lay = sharding.param_layouts(model, mesh, bad)
+    with pytest.raises(sharding.MeshError, match="mesh.max_replicated_fraction") as e:
+        sharding.check_replicated(bad_lay, mesh, 0.05)
+    assert "vocab_embed.embedding (64, 32)" in str(e.value)  # names the largest offenders
+    sharding.check_replicated(bad_lay, sharding.make_mesh({"data": -1}), 0.05)  # pure DP: ok
+
+
+# ----------------------------------------------------------------------------- meshes
+def test_mesh_from_config_refuses_what_does_not_fit():
+    assert dict(sharding.make_mesh({"data": -1, "fsdp": 2}).shape) == {
+        "data": 4, "fsdp": 2, "tensor": 1}
+    with pytest.raises(sharding.MeshError, match=r"mesh.data x mesh.fsdp x mesh.tensor = 6"):
+        sharding.make_mesh({"data": 3, "fsdp": 2})
+    with pytest.raises(sharding.MeshError, match="mesh.data and mesh.tensor are all -1"):
+        sharding.make_mesh({"data": -1, "tensor": -1})
+    with pytest.raises(sharding.MeshError, match="mesh.dcn_data .* 1 slices/processes"):
+        sharding.make_mesh({"data": -1, "dcn_data": 2})
+    c = demo.get_config()
+    c.mesh.data, c.mesh.fsdp = 2, 4
+    c.train.batch_size, c.train.grad_accum = 16, 4
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"config.train.batch_size=16: .* = 8 times train.grad_accum=4"):
+        loop.build_mesh(c)
+
+
+def test_hybrid_mesh_keeps_each_slice_contiguous():
+    devices = jax.devices()
+    granules = [devices[:4], devices[4:]]
+    arr = sharding.hybrid_device_array((1, 2, 2), (2, 1, 1), granules)
+    assert arr.shape == (2, 2, 2)
+    for i in range(2):  # data index i (the DCN axis) is slice i, whole
+        assert {d.id for d in arr[i].ravel()} == {d.id for d in granules[i]}
+    with pytest.raises(sharding.MeshError, match="needs 4 slices/processes"):
+        sharding.hybrid_device_array((1, 2, 1), (4, 1, 1), granules)
+
+
+def test_activation_constraint_only_under_a_mesh():
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+    x = jnp.ones((8, 4, 2))
+    f = lambda a: sharding.constrain(a * 2, ("batch", None, None))
+    assert "sharding" not in jax.jit(f).lower(x).as_text()
+    text = jax.jit(sharding.traced_under(mesh, f)).lower(x).as_text()
+    assert "mhlo.sharding" in text or "sdy.sharding" in text
+    np.testing.assert_array_equal(jax.jit(sharding.traced_under(mesh, f))(x), 2 * x)
+
+
+def test_memory_options_do_not_change_the_model():
+    """remat / scan_layers / logits_chunk give the same loss and gradients as the plain model
+    (MDLM DiT; the PGM equivalent is the sharded test above)."""
+    base = tiny_config(kind="mdlm_dit", dropout=0.1)
+    tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, 63)
+
+    def loss_and_grads(cfg):
+        model = build_model(cfg, 0)
+        graphdef, params = nnx.split(model)
+
+        def f(p):
+            return nnx.merge(graphdef, p)(tokens, key=jax.random.key(2), targets=tokens).sum()
+
+        return jax.jit(jax.value_and_grad(f))(params)
+
+    ref_v, ref_g = loss_and_grads(base)
+    v, g = loss_and_grads(dataclasses.replace(base, scan_layers=True, remat="full",
+                                              logits_chunk=5))
+    np.testing.assert_allclose(v, ref_v, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref_g), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
