@@ -139,6 +139,7 @@ def test_prepare_errors(corpus, tmp_path):
         preparation.prepare(_options(corpus[0], tmp_path / "a", val_docs=10**6))
     with pytest.raises(DataError, match="is not a directory"):
         preparation.prepare(_options(str(tmp_path / "missing"), tmp_path / "b"))
+    assert not (tmp_path / "b").exists()  # bad input leaves the filesystem unchanged
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no"):
         preparation.prepare(_options(str(tmp_path / "empty"), tmp_path / "c"))

@@ -75,7 +75,7 @@ class Options:
         if self.workers < 1:
             raise DataError(f"--workers={self.workers}: must be >= 1")
         if not os.path.exists(self.input):
-            raise DataError(f"--input={self.input}: no such file or directory")
+            raise DataError(f"--input={self.input}: does not exist (is not a directory or file)")
 
     def fingerprint(self) -> dict:
         """The options that decide the output (a resumed run must match them)."""
