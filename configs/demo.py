@@ -3,8 +3,9 @@
 Run (what `make demo` does):
   python -m pgm_jax.main --config=configs/demo.py --workdir=runs/demo
   python -m pgm_jax.sample --workdir=runs/demo
-Expected on a 2-core CPU: ~10 minutes, validation perplexity falls from ~4,100 (uniform over
-the 4,097-token vocabulary) to the low hundreds.
+Expected on a 2-core CPU: ~10 minutes (500 steps at ~1,900 tokens/s when the CPU is otherwise
+idle); validation perplexity (EMA) 4,419 at step 0 -> ~366 at step 250 -> ~213 at step 500
+(measured 2026-11-28).
 MDLM baseline instead: add `--config.algo=mdlm`.
 """
 
