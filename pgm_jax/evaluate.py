@@ -102,6 +102,8 @@ def main(argv: list[str]) -> None:
             samples = np.asarray(rows, np.int32)
             result["gen"] = {"samples_file": os.path.abspath(_SAMPLES.value),
                              "sample_steps": sorted(s for s in steps if s is not None)}
+            if len(steps) == 1 and "step" not in result:
+                result["step"] = next(iter(steps))
         else:
             s = from_run.settings(config, mcfg, num_samples=_NUM.value or ec["num_samples"],
                                   batch_size=_SAMPLE_BATCH.value, steps=_STEPS.value,

@@ -42,14 +42,14 @@ def generate_many(graphdef: nnx.GraphDef, params: dict, model_cfg: ModelConfig, 
     """int32 [num_samples, L] on the host, drawn `batch_size` at a time with `generate`.
 
     Batch i uses `fold_in(key, i)`, so the samples depend on the seed and batch size only.
-    A batch is sharded over the mesh's data-parallel devices when they divide it, else it
-    runs on one device. `progress` shows a bar on process 0. Other arguments: `generate`'s.
+    A batch is sharded over the mesh's data-parallel devices when they divide it, else it is
+    not sharded. `progress` shows a bar on process 0. Other arguments: `generate`'s.
     """
     dp = sharding.data_parallel_size(mesh)
     shard = sharding.batch_sharding(mesh) if batch_size % dp == 0 else None
     if shard is None and mesh.size > 1:
-        logging.warning("batch size %d is not divisible by the %d data-parallel devices: "
-                        "sampling on one device", batch_size, dp)
+        logging.warning("batch size %d is not divisible by the %d data-parallel devices: the "
+                        "batch is not sharded (use a multiple of %d)", batch_size, dp, dp)
     out = []
     bar = tqdm(total=num_samples, unit="sample", desc=f"sampling ({model_cfg.kind})",
                disable=not progress or jax.process_index() != 0)
