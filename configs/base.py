@@ -37,13 +37,21 @@ def get_config() -> ConfigDict:
     c.model.remat = "none"
     c.model.scan_layers = False  # lax.scan over the blocks: one compiled block per stack
     c.model.logits_chunk = 0  # >0: training head + log-softmax over this many positions at once
+    # images (algo image_pgm | maskgit): class ids 0..num_classes-1, id num_classes = the null
+    # (unconditional, CFG) class; image tokens 0..codebook_size-1 (VQ codes or pixel levels);
+    # model.length = the number of image tokens (grid side squared)
+    c.model.num_classes = 0
+    c.model.codebook_size = 0
+    c.model.label_dropout = 0.1  # training: P(label -> null class), for classifier-free guidance
     c.model.vocab_size = -1  # -1: from the tokenizer (includes the appended MASK id)
     c.model.mask_index = -1  # -1: from the tokenizer
 
     # --- data
     c.data = ConfigDict()
     # pydoc (CPython docs, no download) | files (local text, in memory) | owt | text (a folder
-    # made by `python -m pgm_jax.data.prepare owt|text`) | lm1b (a TFDS data dir)
+    # made by `python -m pgm_jax.data.prepare owt|text`) | lm1b (a TFDS data dir) | digits (the
+    # 8x8 digit images bundled with scikit-learn, class-conditional) | imagenet_vq (a folder made
+    # by `python -m pgm_jax.data.prepare imagenet_vq`)
     c.data.source = "pydoc"
     c.data.files = ""  # source=files: comma-separated .txt/.jsonl/.parquet paths or globs
     c.data.path = ""  # owt / text: the prepared dataset directory; lm1b: the TFDS data dir
@@ -125,6 +133,13 @@ def get_config() -> ConfigDict:
     # PGM encoder / AR prefix padded to a multiple of this many tokens (one compiled shape per
     # multiple; 0 = automatic: L/16, at least 64); the samples do not depend on it
     c.sample.bucket = 0
+    # images: token order halton (a fixed 2-D Halton order) | confidence (most confident first);
+    # cfg_w: classifier-free guidance weight (0 = conditional model only), ramped as the
+    # reference does; release_quirk: PGM hides the newest clean token as the released inference
+    # code does (spec pgm_image.md §4.5; False = the correct masking that matches training)
+    c.sample.order = "halton"
+    c.sample.cfg_w = 0.0
+    c.sample.release_quirk = False
 
     # --- evaluation (pgm_jax.evaluate)
     c.eval = ConfigDict()

@@ -14,7 +14,8 @@ from ml_collections import ConfigDict
 from pgm_jax.models import ModelConfig
 
 NONFINITE = ("skip", "stop")  # config.train.nonfinite: what a NaN / Inf loss or gradient does
-ALGO_TO_KIND = {"pgm": "pgm", "mdlm": "mdlm_dit", "complement_mdlm": "mdlm_dit", "ar": "ar"}
+ALGO_TO_KIND = {"pgm": "pgm", "mdlm": "mdlm_dit", "complement_mdlm": "mdlm_dit", "ar": "ar",
+                "image_pgm": "image_pgm", "maskgit": "maskgit"}
 
 
 class ConfigError(ValueError):

@@ -204,12 +204,41 @@ def fixture_model(fixture: str | Path, cfg: ModelConfig, which: str, source: str
     return model
 
 
+# Other model families (images, VQ) register here: module path -> a module with
+# `detect(hparams: dict) -> bool` and `check(fixture, weight_source) -> list[Row]`, where
+# weight_source is one of WEIGHT_SOURCES ('npz': the state-dict npz, 'ckpt': the release-layout
+# checkpoint file). The first family whose `detect` accepts the hparams checks the directory;
+# text (this module) is the fallback. Imported lazily so text parity never pays for them.
+FAMILIES: tuple[str, ...] = ("pgm_jax.interop.image_parity", "pgm_jax.interop.vq_parity")
+
+
+def _family_for(fixture: str | Path):
+    """The registered family module that accepts `fixture/hparams.json`, or None (text)."""
+    import importlib  # noqa: PLC0415
+
+    hp_path = Path(fixture) / "hparams.json"
+    hp = json.loads(hp_path.read_text())
+    for name in FAMILIES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        if module.detect(hp):
+            return module
+    return None
+
+
 def check_fixture(fixture: str | Path, weight_source: str = "npz") -> list[Row]:
     """Recomputes every known output of `fixture/io.npz`; one Row per compared array.
 
     weight_source: 'npz' or 'ckpt' (see `fixture_model`). Raises UnsupportedFixture for a
-    model kind text parity does not know.
+    model kind no family knows.
     """
+    family = _family_for(fixture)
+    if family is not None:
+        return family.check(fixture, weight_source)
     cfg, io = load_fixture(fixture)
     computed: dict[str, np.ndarray] = {}
     for which in ("raw", "ema"):
