@@ -234,8 +234,9 @@ class PGM(Backbone):
         """
         nc, nq = clean_tokens.shape[1], noisy_positions.shape[1]
         valid = jnp.arange(nc)[None, :] < concrete_lengths[:, None]  # [batch, nc]
-        self_mask = jnp.broadcast_to(valid[:, None, :], (valid.shape[0], nc, nc))
-        cross_mask = jnp.broadcast_to(valid[:, None, :], (valid.shape[0], nq, nc))
+        # Key padding only: one [batch, 1, nc] mask broadcast over queries (never materialised
+        # as [batch, n, nc]; every query sees BOS, so no row is empty).
+        self_mask = cross_mask = valid[:, None, :]
 
         def stats_fn(h):
             s = pooled(h, valid, self.stat_mode())
