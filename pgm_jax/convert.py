@@ -3,6 +3,7 @@
   python -m pgm_jax.convert --checkpoint=pgm_8_8.ckpt --config=configs/owt.py:pgm_8_8 \
       --workdir=runs/pgm_8_8 [--weights=ema|raw]
   python -m pgm_jax.convert check DIR [DIR ...]
+  python -m pgm_jax.convert vq --checkpoint=vq_ds8_c2i.pt --output=DIR
 
 Converting reads the `.ckpt` without torch (or an `.npz` state dict), checks every key and
 shape against the model of --config, and writes WORKDIR/config.json and
@@ -16,8 +17,11 @@ layout).
 `check` rebuilds each fixture directory's model from its `hparams.json`, loads the weights of
 both its `.npz` files and its `checkpoint.ckpt` through the converter, recomputes every output
 in `io.npz` and prints one line per output (name, weight source, output, max error, tolerance,
-OK/FAIL); it exits with status 1 if any output is above tolerance. Directories of other model
-kinds (the image fixtures) are skipped with a message.
+OK/FAIL); it exits with status 1 if any output is above tolerance. The family of each
+directory (text PGM / MDLM, image PGM / MaskGIT, VQ tokenizer) comes from its hparams.json.
+
+`vq` converts LlamaGen's VQ tokenizer (`{"model": state_dict}`, read without torch) into
+DIR/config.json + DIR/params.npz, which `prepare imagenet_vq --vq=DIR` and image evaluation use.
 """
 
 from __future__ import annotations
@@ -34,10 +38,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config whose model matches the checkpoint, e.g. configs/owt.py:pgm_8_8 "
     "(default: hparams.json beside the checkpoint).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to write.")
+_OUTPUT = flags.DEFINE_string("output", None, "vq: folder for the converted VQ tokenizer.")
 _WEIGHTS = flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
                              "Weights stored as `ema` (what sampling and evaluation use).")
 
-USAGE = "usage: python -m pgm_jax.convert --checkpoint=F --workdir=D [--config=C] | check DIR..."
+USAGE = ("usage: python -m pgm_jax.convert --checkpoint=F --workdir=D [--config=C] | check DIR... "
+         "| vq --checkpoint=F --output=D")
 
 
 def check(dirs: list[str]) -> int:
@@ -56,6 +62,10 @@ def main(argv: list[str]) -> None:
     if args and args[0] == "check":
         cli.require(len(args) > 1, USAGE)
         sys.exit(check(args[1:]))
+    if args == ["vq"]:
+        from pgm_jax.interop.vq_convert import convert_vq_main  # noqa: PLC0415  (after flags)
+
+        return convert_vq_main(_CHECKPOINT.value, _OUTPUT.value)
     cli.require(not args, f"unexpected argument {args[0] if args else ''!r}: {USAGE}")
     cli.require(bool(_CHECKPOINT.value), f"--checkpoint is required (a .ckpt or .npz): {USAGE}")
     cli.require(bool(_WORKDIR.value), f"--workdir is required: {USAGE}")

