@@ -10,15 +10,24 @@ import jax.numpy as jnp
 PRE_QUERY_MODES = ("learn", "learn+freqs", "learn+freqs+mean", "learn+freqs+logsumexp")
 QUERY_PROCESS_MODES = ("linear", "mlp4")
 REMAT_MODES = ("none", "full", "dots", "dots_no_batch")
-MODEL_KINDS = ("pgm", "mdlm_dit", "ar")
+MODEL_KINDS = ("pgm", "mdlm_dit", "ar", "image_pgm", "maskgit")
+IMAGE_KINDS = ("image_pgm", "maskgit")
+# Image PGM ids past the codebook (spec pgm_image.md §0): mask = codebook_size (a logit column
+# only), BOS = codebook_size + 1; MaskGIT: mask = codebook_size, no BOS.
+IMAGE_EXTRA_IDS = {"image_pgm": 2, "maskgit": 1}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Shapes and switches of a PGM encoder-decoder, an MDLM DiT or a causal AR transformer.
+    """Shapes and switches of a PGM encoder-decoder, an MDLM DiT, a causal AR transformer, or
+    an image model (class-conditional image PGM, MaskGIT baseline).
 
     `vocab_size` counts the mask token; `length` is the maximum sequence length (RoPE and
-    GroupSwap position tables are built for positions 0..length-1).
+    GroupSwap position tables are built for positions 0..length-1). For the image kinds
+    `length` is the number of image tokens N (grid side squared, raster order); the image PGM
+    adds BOS and two registers internally. Image ids: codes 0..codebook_size-1, mask id
+    codebook_size, BOS (image PGM) codebook_size + 1; class ids 0..num_classes-1 and the null
+    (unconditional) class num_classes.
     """
 
     kind: str = "pgm"
@@ -41,6 +50,9 @@ class ModelConfig:
     remat: str = "none"  # per-block rematerialisation policy (models/dit.py:REMAT_POLICIES)
     scan_layers: bool = False  # lax.scan over stacked blocks (one compiled block per stack)
     logits_chunk: int = 0  # >0: training head + log-softmax over this many positions at once
+    num_classes: int = 0  # images: class ids 0..num_classes-1; num_classes = the null class
+    codebook_size: int = 0  # images: token ids 0..codebook_size-1
+    label_dropout: float = 0.1  # images, training: P(label -> null class) for CFG
 
     @property
     def head_dim(self) -> int:
@@ -82,14 +94,37 @@ class ModelConfig:
             out.append(("logits_chunk", "must be >= 0 (0 = the whole sequence at once)"))
         if self.dtype not in ("float32", "bfloat16", "float16"):
             out.append(("dtype", "must be float32, bfloat16 or float16"))
-        if self.kind in ("pgm", "ar") and self.time_conditioning:
+        if self.kind in ("pgm", "ar", *IMAGE_KINDS) and self.time_conditioning:
             out.append(("time_conditioning",
                         f"{self.kind} never uses time (the reference asserts it off)"))
         for name in ("length", "hidden_size", "cond_dim", "n_heads", "mlp_ratio", "vocab_size"):
             if getattr(self, name) <= 0:
                 out.append((name, "must be positive"))
-        blocks = ("encoder_blocks", "decoder_blocks") if self.kind == "pgm" else ("n_blocks",)
+        pgm_like = self.kind in ("pgm", "image_pgm")
+        blocks = ("encoder_blocks", "decoder_blocks") if pgm_like else ("n_blocks",)
         for name in blocks:
             if getattr(self, name) <= 0:
                 out.append((name, "must be positive"))
+        if self.kind in IMAGE_KINDS:
+            out.extend(self._image_problems())
+        return out
+
+    def _image_problems(self) -> list[tuple[str, str]]:
+        """The image kinds' id layout and switches (spec pgm_image.md §2)."""
+        out = []
+        for name in ("num_classes", "codebook_size"):
+            if getattr(self, name) <= 0:
+                out.append((name, f"must be positive for kind={self.kind}"))
+        extra = IMAGE_EXTRA_IDS[self.kind]
+        if self.codebook_size > 0 and self.vocab_size != self.codebook_size + extra:
+            out.append(("vocab_size", f"must be codebook_size + {extra} = "
+                        f"{self.codebook_size + extra} for kind={self.kind}"))
+        if self.codebook_size > 0 and self.mask_index != self.codebook_size:
+            out.append(("mask_index", f"must be codebook_size = {self.codebook_size} for "
+                        f"kind={self.kind}"))
+        if not 0.0 <= self.label_dropout < 1.0:
+            out.append(("label_dropout", "must be in [0, 1)"))
+        if self.kind == "image_pgm" and self.swap_pre_query_mode not in ("learn", "learn+freqs"):
+            out.append(("swap_pre_query_mode",
+                        "the image PGM supports 'learn' and 'learn+freqs' only"))
         return out

@@ -18,7 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pgm_jax import objectives, sharding
+from pgm_jax import image_objectives, objectives, sharding
 from pgm_jax.models import AR, PGM, DiT
 
 Array = jax.Array
@@ -113,6 +113,8 @@ LOSSES: dict[str, LossFn] = {
     "mdlm": mdlm_loss,
     "complement_mdlm": complement_mdlm_loss,
     "ar": ar_loss,
+    "image_pgm": image_objectives.image_pgm_loss,
+    "maskgit": image_objectives.maskgit_loss,
 }
 
 

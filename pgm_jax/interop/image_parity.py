@@ -1,0 +1,174 @@
+"""Parity of the image PGM and the MaskGIT baseline against reference fixture directories
+(a fixture family of `interop/parity.py`; layout in shared/fixtures/IMAGE_README.md).
+
+A directory is recognised by the `model` string of its `hparams.json` (PartitionDIT / the
+MaskGIT Transformer), every size is read from that file, the weights come from
+`state_dict.npz` ('npz') or the release-layout `checkpoint.pth` ('ckpt', its
+`model_state_dict`), and every output of `io.npz` this port can produce is recomputed:
+training logits, intermediates and loss, the three recorded inference calls with the correct
+masking (`*_fixed`) and with the released quirk (`*_released`), the training path at the
+queried positions (must equal `*_fixed`), the RoPE / sinusoid tables; MaskGIT logits and loss.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pgm_jax import image_objectives
+from pgm_jax.interop.image_convert import load_image_weights
+from pgm_jax.interop.parity import Row, UnsupportedFixture, compare
+from pgm_jax.interop.torch_ckpt import CheckpointFormatError
+from pgm_jax.models import ModelConfig, build_model, layers
+
+WEIGHT_FILES = {"npz": "state_dict.npz", "ckpt": "checkpoint.pth"}
+INFERENCE_CALLS = ("inf", "inf_step0", "inf_conf")  # io.npz prefixes of the recorded calls
+
+
+def kind_of(hparams: dict) -> str | None:
+    """'image_pgm' / 'maskgit' from the fixture's `model` description, else None."""
+    model = str(hparams.get("model", ""))
+    if model.startswith("PartitionDIT"):
+        return "image_pgm"
+    if model.startswith("Transformer") and "MaskGIT" in model:
+        return "maskgit"
+    return None
+
+
+def detect(hparams: dict) -> bool:
+    return kind_of(hparams) is not None
+
+
+def config_from_hparams(hp: dict, source: str | Path = "hparams.json") -> ModelConfig:
+    """The ModelConfig of an image fixture (every size from its hparams.json)."""
+    kind = kind_of(hp)
+    if kind is None:
+        raise UnsupportedFixture(f"{source}: not an image PGM / MaskGIT fixture")
+    try:
+        common = dict(
+            kind=kind, vocab_size=hp["vocab_size"], mask_index=hp["mask_token_id"],
+            codebook_size=hp["codebook_size"], num_classes=hp["num_classes"],
+            length=hp["num_image_tokens"], hidden_size=hp["hidden_size"],
+            n_heads=hp["num_heads"], dropout=float(hp.get("dropout", 0.0)))
+        if hp.get("null_class_id", hp["num_classes"]) != hp["num_classes"]:
+            raise UnsupportedFixture(f"{source}: null_class_id must equal num_classes")
+        if kind == "image_pgm":
+            cfg = ModelConfig(**common, mlp_ratio=hp["mlp_ratio"],
+                              encoder_blocks=hp["encoder_blocks"],
+                              decoder_blocks=hp["decoder_blocks"],
+                              swap_pre_query_mode=hp["groupswap_pre_query_mode"],
+                              swap_query_process_mode=hp["groupswap_query_process_mode"],
+                              rope_base=float(hp["rope_base"]))
+        else:
+            ratio, rem = divmod(hp["mlp_dim_arg"], hp["hidden_size"])
+            if rem:
+                raise UnsupportedFixture(f"{source}: mlp_dim_arg must be a multiple of "
+                                         "hidden_size")
+            cfg = ModelConfig(**common, mlp_ratio=ratio, n_blocks=hp["depth"])
+    except KeyError as e:
+        raise CheckpointFormatError(f"{source}: missing key {e.args[0]!r}") from e
+    problems = cfg.problems()
+    if problems:
+        field, msg = problems[0]
+        raise CheckpointFormatError(f"{source}: {field}: {msg}")
+    return cfg
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "method"))
+def _run(graphdef: nnx.GraphDef, state: nnx.State, method: str, args: tuple, quirk: jax.Array):
+    model = nnx.merge(graphdef, state)
+    debug: dict = {}
+    if method == "infer":
+        return model.infer(*args, release_quirk=quirk, debug=debug), debug
+    if method == "maskgit":
+        return model(*args), debug
+    return model(*args, debug=debug), debug
+
+
+def _pgm_outputs(model: nnx.Module, io: dict, cfg: ModelConfig) -> dict[str, jax.Array]:
+    graphdef, state = nnx.split(model)
+    # release_quirk is traced, so the fixed and released calls share one compiled program.
+    run = lambda method, args, quirk=False: _run(graphdef, state, method,
+                                                 tuple(jnp.asarray(a) for a in args),
+                                                 jnp.asarray(quirk))
+    out: dict[str, jax.Array] = {}
+    x = io["train_x"]
+    logits, dbg = run("__call__", (x, io["train_group_idxs"], io["train_y"],
+                                   io["train_drop_label"].astype(bool)))
+    out["train_logits"] = logits
+    out["train_loss"] = jnp.mean(image_objectives.pgm_logits_nll(logits, jnp.asarray(x),
+                                                                 cfg.mask_index))
+    out["train_cond"] = dbg["cond"]
+    out["train_enc_out"] = dbg["enc_out"]
+    # Register query rows are never computed (their predictions are dropped): compare the
+    # BOS + image rows of the reference's 2 + N + 1 slots.
+    out["train_groupswap_out[2:]"] = dbg["groupswap"]
+    out["train_dec_out[2:]"] = dbg["dec_out"]
+    for p in INFERENCE_CALLS:
+        if f"{p}_x" not in io:
+            continue
+        args = (io[f"{p}_x"], io[f"{p}_clean_positions"], np.ones(io[f"{p}_x"].shape, bool),
+                io[f"{p}_noisy_positions"], io[f"{p}_y"], io[f"{p}_drop_label"].astype(bool))
+        for tag, quirk in (("fixed", False), ("released", True)):
+            logits, dbg = run("infer", args, quirk)
+            out[f"{p}_logits_{tag}"] = logits
+            out[f"{p}_enc_out_{tag}"] = dbg["enc_out"]
+        train, _ = run("__call__", (io[f"{p}_train_equiv_x"], io[f"{p}_train_equiv_group_idxs"],
+                                    io[f"{p}_y"], io[f"{p}_drop_label"].astype(bool)))
+        pos = jnp.asarray(io[f"{p}_noisy_positions"])
+        out[f"{p}_train_path_vs_fixed"] = jnp.take_along_axis(train, pos[..., None], axis=1)
+    n_slots = io["aux_rope_cos"].shape[0] if "aux_rope_cos" in io else cfg.length + 3
+    cos, sin = layers.rope_table(n_slots, cfg.head_dim, cfg.rope_base)
+    out["aux_rope_cos"], out["aux_rope_sin"] = cos, sin
+    out["aux_groupswap_pos_freqs"] = layers.sinusoidal_table(n_slots, cfg.hidden_size)
+    return out
+
+
+def _maskgit_outputs(model: nnx.Module, io: dict, cfg: ModelConfig) -> dict[str, jax.Array]:
+    graphdef, state = nnx.split(model)
+    b = io["masked_codes"].shape[0]
+    codes = jnp.asarray(io["masked_codes"]).reshape(b, -1)
+    logits, _ = _run(graphdef, state, "maskgit",
+                     (codes, jnp.asarray(io["y"]), jnp.asarray(io["drop_label"]).astype(bool)),
+                     jnp.asarray(False))
+    clean = jnp.asarray(io["clean_codes"]).reshape(b, -1)
+    return {"logits": logits,
+            "loss": jnp.mean(image_objectives.maskgit_logits_nll(logits, clean))}
+
+
+# What a recomputed output is compared against in io.npz (default: the same name).
+REFERENCE_NAME = {
+    "train_groupswap_out[2:]": ("train_groupswap_out", slice(2, None)),
+    "train_dec_out[2:]": ("train_dec_out", slice(2, None)),
+    **{f"{p}_train_path_vs_fixed": (f"{p}_logits_fixed", slice(None)) for p in INFERENCE_CALLS},
+}
+
+
+def check(fixture: str | Path, weight_source: str) -> list[Row]:
+    """One Row per recomputed output of `fixture/io.npz`; [] when the weight file is absent."""
+    fixture = Path(fixture)
+    hparams = fixture / "hparams.json"
+    cfg = config_from_hparams(json.loads(hparams.read_text()), hparams)
+    if weight_source not in WEIGHT_FILES:
+        raise ValueError(f"weight_source={weight_source!r}: one of {sorted(WEIGHT_FILES)}")
+    weights = fixture / WEIGHT_FILES[weight_source]
+    if not weights.exists():
+        return []
+    model = build_model(cfg)
+    load_image_weights(model, weights)
+    with np.load(fixture / "io.npz") as z:
+        io = {k: z[k] for k in z.files}
+    outputs = (_pgm_outputs if cfg.kind == "image_pgm" else _maskgit_outputs)(model, io, cfg)
+    rows = []
+    for name, value in outputs.items():
+        ref_name, rows_slice = REFERENCE_NAME.get(name, (name, slice(None)))
+        if ref_name in io:
+            ref = io[ref_name][:, rows_slice] if rows_slice != slice(None) else io[ref_name]
+            rows.append(compare(name, np.asarray(value), ref))
+    return rows

@@ -1,0 +1,203 @@
+"""The class-conditional image PGM (`models/encoder_decoder.py:PartitionDIT`, spec
+pgm_image.md §2.1).
+
+The text PGM's modules carry over unchanged (adaLN DiT encoder blocks, GroupSwap, the
+cross-attention-only decoder, the adaLN head, scale-only LayerNorms, RoPE); what differs is
+around them:
+
+* conditioning: c = class embedding of the (possibly dropped) label, fed to every adaLN
+  linear directly (no SiLU, no MLP, no time), so the adaLN input width is H;
+* two learned registers in front of the sequence. Training slots are
+  [reg_tokens[0] (group 1), reg_tokens[1] (group 0), BOS (group 0), image token k at slot k+3]
+  and the slot index is the RoPE / GroupSwap position, so no attention row is ever empty;
+* inference packs only the clean tokens: [reg_tokens[1], BOS, clean...] at positions
+  [1, 2, p+2, ...], and only the queried positions go through GroupSwap and the decoder.
+
+Sequence positions outside this module follow the samplers' convention: BOS 0, image token
+k at k + 1 (the register offset is internal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pgm_jax import objectives, sharding
+from pgm_jax.models import layers
+from pgm_jax.models.config import ModelConfig
+from pgm_jax.models.dit import ACTIVATION_AXES, Embedding, FinalLayer, maybe_split, run_blocks
+from pgm_jax.models.pgm import Decoder, Encoder
+
+Array = jax.Array
+NUM_REGISTERS = 2
+# Training slot of sequence position 0 (BOS): the registers take slots 0 and 1.
+OFFSET = NUM_REGISTERS
+
+
+class Table(nnx.Module):
+    """A learned lookup table `embedding` [rows, H] (torch `nn.Embedding.weight`)."""
+
+    def __init__(self, rows: int, dim: int, *, rngs: nnx.Rngs, std: float,
+                 axes: tuple[str | None, str | None] = (None, "embed")):
+        self.embedding = nnx.Param(std * jax.random.normal(rngs.params(), (rows, dim)),
+                                   logical_axes=axes)
+
+    def __call__(self, ids: Array) -> Array:
+        """ids: int [...] -> float32 [..., H]."""
+        return jnp.take(self.embedding[...], ids, axis=0)
+
+
+class ClassEmbedding(nnx.Module):
+    """`cls_embed.embedding_table` [num_classes + 1, H], N(0, 1); the last row is the null
+    class that classifier-free guidance's unconditional pass (and label dropout) uses."""
+
+    def __init__(self, num_classes: int, dim: int, *, rngs: nnx.Rngs, std: float = 1.0):
+        self.num_classes = num_classes
+        self.embedding_table = Table(num_classes + 1, dim, rngs=rngs, std=std)
+
+    def __call__(self, labels: Array, drop_label: Array) -> Array:
+        """labels: int [B]; drop_label: bool [B] -> c float32 [B, H]."""
+        y = jnp.where(drop_label.astype(bool), self.num_classes, labels)
+        return self.embedding_table(y)
+
+
+def block_config(cfg: ModelConfig) -> ModelConfig:
+    """The config the shared PGM modules are built from: adaLN reads the class embedding
+    (width H), and position tables cover the registers and BOS (N + 3 slots)."""
+    return dataclasses.replace(cfg, cond_dim=cfg.hidden_size,
+                               length=cfg.length + 1 + NUM_REGISTERS)
+
+
+class ImagePGM(nnx.Module):
+    """PartitionDIT: class-conditional PGM over BOS + N image tokens."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        inner = block_config(cfg)
+        self.cfg = cfg
+        self.inner = inner
+        self.vocab_embed = Embedding(cfg.vocab_size, cfg.hidden_size, rngs=rngs)
+        self.cls_embed = ClassEmbedding(cfg.num_classes, cfg.hidden_size, rngs=rngs)
+        self.reg_tokens = Table(NUM_REGISTERS, cfg.hidden_size, rngs=rngs, std=0.02)
+        self.encoder = Encoder(inner, rngs=rngs)
+        self.decoder = Decoder(inner, rngs=rngs)
+        self.output_layer = FinalLayer(inner, rngs=rngs)
+
+    @property
+    def bos_id(self) -> int:
+        return self.cfg.codebook_size + 1
+
+    def rope(self, slots: Array) -> tuple[Array, Array]:
+        """slots: int [B|1, n] -> cos, sin float32 [B|1, n, d/2] (a constant table)."""
+        cos, sin = layers.rope_table(self.inner.length, self.cfg.head_dim, self.cfg.rope_base)
+        return jnp.asarray(cos)[slots], jnp.asarray(sin)[slots]
+
+    def _trunk(self, h: Array, k_slots: Array, q_slots: Array, self_mask: Array,
+               cross_mask: Array, c: Array, key: Array | None, debug: dict | None) -> Array:
+        """Encoder over the keys, GroupSwap + decoder for the queries.
+
+        h: float32 [B, nk, H] key embeddings at slots k_slots int [B|1, nk]; q_slots:
+        int [B|1, nq]; self_mask: bool [B, nk, nk]; cross_mask: bool [B, nq, nk];
+        c: [B, H]. Returns the decoder output float32 [B, nq, H].
+        """
+        n_enc = len(self.encoder.blocks)
+        keys = maybe_split(key, n_enc + len(self.decoder.layers))
+        rope_k, rope_q = self.rope(k_slots), self.rope(q_slots)
+        h = run_blocks(self.encoder.blocks, sharding.constrain(h, ACTIVATION_AXES),
+                       keys[:n_enc], lambda blk, x, k: blk(x, c, rope_k, self_mask, k),
+                       self.inner, debug, "enc_block")
+        y = self.decoder.group_swap(h, q_slots, rope_q, rope_k, cross_mask, None)
+        if debug is not None:
+            debug.update(cond=c, enc_out=h, groupswap=y)
+        y = run_blocks(self.decoder.layers, sharding.constrain(y, ACTIVATION_AXES),
+                       keys[n_enc:], lambda blk, x, k: blk(x, h, c, rope_q, rope_k, cross_mask, k),
+                       self.inner, debug, "dec_block")
+        if debug is not None:
+            debug["dec_out"] = y
+        return y
+
+    def _head(self, y: Array, c: Array, targets: Array | None) -> Array:
+        if targets is None:
+            return self.output_layer(y, c).astype(jnp.float32)
+        return objectives.chunked_target_logprob(
+            lambda z: self.output_layer(z, c), y, targets, self.cfg.mask_index,
+            self.cfg.logits_chunk)
+
+    def __call__(
+        self,
+        x: Array,
+        groups: Array,
+        labels: Array,
+        drop_label: Array,
+        *,
+        key: Array | None = None,
+        targets: Array | None = None,
+        debug: dict | None = None,
+    ) -> Array:
+        """Training forward: each group is predicted from the other.
+
+        x: int32 [B, N+1] (BOS then the clean codes); groups: int [B, N+1] in {0, 1} (BOS in
+        group 0); labels: int32 [B]; drop_label: bool [B]; key: dropout key or None (eval).
+        Returns logits float32 [B, N+1, V], or with `targets` (int [B, N+1]) their
+        log-probabilities float32 [B, N+1] with the mask column excluded (the reference sets
+        it to -1e6 before the cross-entropy), computed `cfg.logits_chunk` rows at a time.
+        """
+        b, n = x.shape
+        g = groups.astype(bool)
+        # Slot groups [1, 0, groups]: register 0 keeps group 1 non-empty, register 1 group 0.
+        g_keys = jnp.concatenate([jnp.ones((b, 1), bool), jnp.zeros((b, 1), bool), g], axis=1)
+        self_mask = g_keys[:, :, None] == g_keys[:, None, :]
+        # The registers' own predictions are dropped by the reference; the decoder never
+        # self-attends, so skipping their queries changes nothing else.
+        cross_mask = g[:, :, None] != g_keys[:, None, :]
+        regs = jnp.broadcast_to(self.reg_tokens.embedding[...][None], (b, NUM_REGISTERS,
+                                                                       self.cfg.hidden_size))
+        h = jnp.concatenate([regs, self.vocab_embed(x)], axis=1)
+        k_slots = jnp.arange(n + OFFSET)[None]
+        c = self.cls_embed(labels, drop_label)
+        y = self._trunk(h, k_slots, k_slots[:, OFFSET:], self_mask, cross_mask, c, key, debug)
+        return self._head(y, c, targets)
+
+    def infer(
+        self,
+        x: Array,
+        clean_positions: Array,
+        clean_valid: Array,
+        query_positions: Array,
+        labels: Array,
+        drop_label: Array,
+        *,
+        release_quirk: bool | Array = False,
+        debug: dict | None = None,
+    ) -> Array:
+        """Packed inference forward (the samplers' path, spec §4.3).
+
+        x: int32 [B, n] = BOS then the clean tokens in reveal order; clean_positions: int32
+        [B, n] their sequence positions (BOS 0, image token k at k + 1); clean_valid: bool
+        [B, n] (False = padding key); query_positions: int32 [B, q] positions to predict;
+        labels: int32 [B]; drop_label: bool [B]. Returns logits float32 [B, q, V].
+
+        Only the group-0 register is prepended (slot 1). With correct masking (default) the
+        result equals the training forward with group 0 = {BOS} + the clean tokens, read at
+        the query positions. `release_quirk=True` hides the last valid clean key from every
+        query (encoder, GroupSwap and decoder), as the released code does (spec §4.5).
+        """
+        b, n = x.shape
+        valid = clean_valid.astype(bool)
+        if release_quirk is not False:  # a Python True or a traced bool (one compiled program)
+            last = (n - 1) - jnp.argmax(valid[:, ::-1], axis=1)  # last valid index [B]
+            valid = valid & ~(jnp.asarray(release_quirk) & (jnp.arange(n)[None] == last[:, None]))
+        visible = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)  # [B, n+1]
+        self_mask = jnp.broadcast_to(visible[:, None, :], (b, n + 1, n + 1))
+        cross_mask = jnp.broadcast_to(visible[:, None, :], (b, query_positions.shape[1], n + 1))
+        reg0 = jnp.broadcast_to(self.reg_tokens.embedding[...][1][None, None],
+                                (b, 1, self.cfg.hidden_size))
+        h = jnp.concatenate([reg0, self.vocab_embed(x)], axis=1)
+        k_slots = jnp.concatenate([jnp.ones((b, 1), clean_positions.dtype),
+                                   clean_positions + OFFSET], axis=1)
+        c = self.cls_embed(labels, drop_label)
+        y = self._trunk(h, k_slots, query_positions + OFFSET, self_mask, cross_mask, c, None,
+                        debug)
+        return self._head(y, c, None)
