@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgm_jax import objectives, sharding
+from pgm_jax import objectives
 from pgm_jax.models import layers
 from pgm_jax.models.config import ModelConfig
-from pgm_jax.models.dit import ACTIVATION_AXES, Embedding, FinalLayer, maybe_split, run_blocks
-from pgm_jax.models.pgm import Decoder, Encoder
+from pgm_jax.models.dit import Embedding, FinalLayer
+from pgm_jax.models.pgm import Decoder, Encoder, encode_decode
 
 Array = jax.Array
 NUM_REGISTERS = 2
@@ -96,27 +96,10 @@ class ImagePGM(nnx.Module):
 
     def _trunk(self, h: Array, k_slots: Array, q_slots: Array, self_mask: Array,
                cross_mask: Array, c: Array, key: Array | None, debug: dict | None) -> Array:
-        """Encoder over the keys, GroupSwap + decoder for the queries.
-
-        h: float32 [B, nk, H] key embeddings at slots k_slots int [B|1, nk]; q_slots:
-        int [B|1, nq]; self_mask: bool [B, nk, nk]; cross_mask: bool [B, nq, nk];
-        c: [B, H]. Returns the decoder output float32 [B, nq, H].
-        """
-        n_enc = len(self.encoder.blocks)
-        keys = maybe_split(key, n_enc + len(self.decoder.layers))
-        rope_k, rope_q = self.rope(k_slots), self.rope(q_slots)
-        h = run_blocks(self.encoder.blocks, sharding.constrain(h, ACTIVATION_AXES),
-                       keys[:n_enc], lambda blk, x, k: blk(x, c, rope_k, self_mask, k),
-                       self.inner, debug, "enc_block")
-        y = self.decoder.group_swap(h, q_slots, rope_q, rope_k, cross_mask, None)
-        if debug is not None:
-            debug.update(cond=c, enc_out=h, groupswap=y)
-        y = run_blocks(self.decoder.layers, sharding.constrain(y, ACTIVATION_AXES),
-                       keys[n_enc:], lambda blk, x, k: blk(x, h, c, rope_q, rope_k, cross_mask, k),
-                       self.inner, debug, "dec_block")
-        if debug is not None:
-            debug["dec_out"] = y
-        return y
+        """The text PGM's encoder-decoder body at register-shifted slots (no GroupSwap
+        statistics). h: [B, nk, H] at k_slots [B|1, nk]; q_slots [B|1, nq] -> [B, nq, H]."""
+        return encode_decode(self, h, self.rope(k_slots), q_slots, self.rope(q_slots),
+                             self_mask, cross_mask, c, None, key, debug)
 
     def _head(self, y: Array, c: Array, targets: Array | None) -> Array:
         if targets is None:
@@ -190,8 +173,7 @@ class ImagePGM(nnx.Module):
             last = (n - 1) - jnp.argmax(valid[:, ::-1], axis=1)  # last valid index [B]
             valid = valid & ~(jnp.asarray(release_quirk) & (jnp.arange(n)[None] == last[:, None]))
         visible = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)  # [B, n+1]
-        self_mask = jnp.broadcast_to(visible[:, None, :], (b, n + 1, n + 1))
-        cross_mask = jnp.broadcast_to(visible[:, None, :], (b, query_positions.shape[1], n + 1))
+        self_mask = cross_mask = visible[:, None, :]  # key padding, broadcast over queries
         reg0 = jnp.broadcast_to(self.reg_tokens.embedding[...][1][None, None],
                                 (b, 1, self.cfg.hidden_size))
         h = jnp.concatenate([reg0, self.vocab_embed(x)], axis=1)

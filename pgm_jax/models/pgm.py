@@ -145,6 +145,36 @@ class Decoder(nnx.Module):
         self.layers = nnx.List([CrossAttnBlock(cfg, rngs=rngs) for _ in range(cfg.decoder_blocks)])
 
 
+def encode_decode(model: nnx.Module, h: Array, rope_k, q_positions: Array, rope_q,
+                  self_mask: Array, cross_mask: Array, c: Array, stats_fn, key: Array | None,
+                  debug: dict | None) -> Array:
+    """The encoder over the keys, then GroupSwap and the decoder for the queries.
+
+    `model` holds `encoder`, `decoder` and `cfg` (text PGM, image PGM); h: float32 [batch,
+    nk, H] key embeddings; rope_k / rope_q: cos, sin at the key / query positions;
+    q_positions: int [batch|1, nq]; masks: bool [batch, nq|nk|1, nk]; c: adaLN input
+    [batch, C]; stats_fn: encoder output -> pooled GroupSwap statistics, or None. Returns the
+    decoder output float32 [batch, nq, H].
+    """
+    n_enc = len(model.encoder.blocks)
+    keys = maybe_split(key, n_enc + len(model.decoder.layers))
+    h = run_blocks(model.encoder.blocks, sharding.constrain(h, ACTIVATION_AXES), keys[:n_enc],
+                   lambda block, x, k: block(x, c, rope_k, self_mask, k), model.cfg, debug,
+                   "enc_block")
+    stats = stats_fn(h) if stats_fn is not None else None
+    y = model.decoder.group_swap(h, q_positions, rope_q, rope_k, cross_mask, stats)
+    y = sharding.constrain(y, ACTIVATION_AXES)
+    if debug is not None:
+        debug.update(cond=c, enc_out=h, groupswap=y,
+                     gs_queries=model.decoder.group_swap.queries(q_positions, stats))
+    y = run_blocks(model.decoder.layers, y, keys[n_enc:],
+                   lambda block, x, k: block(x, h, c, rope_q, rope_k, cross_mask, k),
+                   model.cfg, debug, "dec_block")
+    if debug is not None:
+        debug["dec_out"] = y
+    return y
+
+
 class PGM(Backbone):
     """Partition Generative Model: encoder, GroupSwap, cross-attention decoder, adaLN head."""
 
@@ -158,24 +188,10 @@ class PGM(Backbone):
         debug
     ) -> Array:
         """Shared body. tokens/positions: [batch, nk]; q_positions: [batch|1, nq]."""
-        b, n_enc = tokens.shape[0], len(self.encoder.blocks)
-        keys = maybe_split(key, n_enc + len(self.decoder.layers))
-        c = self.cond(b, None)
-        rope_k, rope_q = self.rope(positions), self.rope(q_positions)
-        h = sharding.constrain(self.vocab_embed(tokens), ACTIVATION_AXES)
-        h = run_blocks(self.encoder.blocks, h, keys[:n_enc],
-                       lambda block, x, k: block(x, c, rope_k, self_mask, k), self.cfg, debug,
-                       "enc_block")
-        stats = stats_fn(h) if self.stat_mode() else None
-        y = self.decoder.group_swap(h, q_positions, rope_q, rope_k, cross_mask, stats)
-        y = sharding.constrain(y, ACTIVATION_AXES)
-        if debug is not None:
-            debug["cond"] = c
-            debug["gs_queries"] = self.decoder.group_swap.queries(q_positions, stats)
-            debug["groupswap"] = y
-        y = run_blocks(self.decoder.layers, y, keys[n_enc:],
-                       lambda block, x, k: block(x, h, c, rope_q, rope_k, cross_mask, k),
-                       self.cfg, debug, "dec_block")
+        c = self.cond(tokens.shape[0], None)
+        y = encode_decode(self, self.vocab_embed(tokens), self.rope(positions),
+                          q_positions, self.rope(q_positions), self_mask, cross_mask, c,
+                          stats_fn if self.stat_mode() else None, key, debug)
         return self.head(y, c, targets)
 
     def stat_mode(self) -> str | None:
