@@ -86,15 +86,15 @@ def time_sampler(cfg: ModelConfig, batch: int, steps: int, float64: bool, runs: 
         jax.block_until_ready(generate(graphdef, params, cfg, jax.random.key(0), **kw))
 
     def call(seed: int) -> tuple[float, float]:
-        t0, c0 = time.perf_counter(), _cpu_seconds()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         jax.block_until_ready(generate(graphdef, params, cfg, jax.random.key(seed), **kw))
-        return time.perf_counter() - t0, _cpu_seconds() - c0
+        return time.perf_counter() - t0, cpu_seconds() - c0
 
     walls, cpus = zip(*(call(seed) for seed in range(1, runs + 1)), strict=True)
     return statistics.median(walls), statistics.median(cpus)
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 

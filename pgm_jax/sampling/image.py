@@ -1,0 +1,293 @@
+"""Class-conditional image samplers: the image PGM and the MaskGIT baseline (spec pgm_image §4).
+
+Four samplers, by model kind x order:
+
+* MaskGIT-confidence / MaskGIT-Halton: the full N-token forward every step with mask ids at
+  unrevealed cells; every revealed cell is re-sampled each step (as the reference). Shapes
+  never change, so the whole loop is one jitted `fori_loop`.
+* PGM-Halton / PGM-confidence: `model.infer` on [BOS, clean tokens so far] (reveal order),
+  queried at this step's Halton cells, or at every remaining cell for confidence (the
+  confidence ranking needs them all). Tokens are written once and never revisited.
+
+Why buckets (PGM): the encoder's cost should follow the decoded length, but jit needs static
+shapes. The clean prefix is padded to the next multiple of `bucket` tokens (`clean_valid`
+masks the padding keys, so samples do not depend on it) and each step's queries to the
+largest count of its bucket group; one step function is compiled per (bucket, query count)
+shape, about N / bucket of them, and reused by every step and call with that shape. The
+grouping is the text sampler's (`pgm.plan_segments`, `pgm.default_bucket`).
+
+Conventions: codes int32 [B, N] in raster order (token k at row k // side, col k % side);
+PGM sequence positions are BOS 0 and token k at k + 1. Step i uses `fold_in(key, i)`.
+Temperature multiplies the logits (an inverse temperature, as the reference's `sm_temp`).
+CFG runs both branches in one doubled batch (labels [y; y], drop flags [False; True]) when
+`cfg_w != 0`. Logits are guided and normalised in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pgm_jax.models import ModelConfig
+from pgm_jax.sampling import image_orders as io
+from pgm_jax.sampling import pgm
+from pgm_jax.sampling.categorical import gumbel_argmax_float32
+
+Array = jax.Array
+ORDERS = ("halton", "confidence")
+KINDS = ("image_pgm", "maskgit")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """One PGM step: reveal `count` tokens after `decoded` ones, under static shapes."""
+
+    step: int
+    decoded: int
+    count: int
+    bucket: int  # encoder keys (BOS + clean, padded)
+    width: int  # query slots (padded)
+
+
+def sample_images(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: Array, *,
+                  labels: Array, steps: int, order: str = "halton", temperature: float = 1.0,
+                  cfg_w: float = 0.0, release_quirk: bool = False, bucket: int = 0,
+                  compile_only: bool = False) -> Array:
+    """int32 [B, N] image codes in raster order, in [0, codebook_size).
+
+    labels: int32 [B] class ids in [0, num_classes). `order`: "halton" | "confidence".
+    `release_quirk` (PGM only) hides the last clean key as the released code does (§4.5).
+    `bucket` (PGM only; 0 = `pgm.default_bucket(N + 1)`, N + 1 = pad every step to the full
+    length) sets the encoder's shape granularity: it changes the cost, never the samples.
+    `compile_only` compiles everything a call with these arguments runs, runs no step, and
+    returns meaningless codes (benchmarks exclude compilation with it).
+    """
+    if model_cfg.kind not in KINDS:
+        raise ValueError(f"model.kind={model_cfg.kind!r}: the image samplers need one of {KINDS}")
+    if order not in ORDERS:
+        raise ValueError(f"sample.order={order!r}: must be one of {ORDERS}")
+    if not temperature > 0:
+        raise ValueError(f"sample.temperature={temperature}: must be > 0 (it multiplies the "
+                         "logits)")
+    labels = jnp.asarray(labels, jnp.int32)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be int32 [batch], got shape {labels.shape}")
+    if labels.is_fully_addressable:  # one small host read per call, never inside the loop
+        host = np.asarray(labels)
+        if host.size and not (0 <= host.min() and host.max() < model_cfg.num_classes):
+            raise ValueError(f"labels must be class ids in [0, {model_cfg.num_classes}) "
+                             f"(model.num_classes), got [{host.min()}, {host.max()}]")
+    guided = float(cfg_w) != 0.0
+    if model_cfg.kind == "maskgit":
+        return sample_maskgit(graphdef, params, model_cfg, key, labels=labels, steps=steps,
+                              order=order, temperature=temperature, cfg_w=cfg_w, guided=guided,
+                              compile_only=compile_only)
+    return sample_pgm(graphdef, params, model_cfg, key, labels=labels, steps=steps, order=order,
+                      temperature=temperature, cfg_w=cfg_w, guided=guided,
+                      release_quirk=release_quirk, bucket=bucket, compile_only=compile_only)
+
+
+# ----------------------------------------------------------------------------- MaskGIT
+def sample_maskgit(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: Array, *,
+                   labels: Array, steps: int, order: str, temperature: float, cfg_w: float,
+                   guided: bool, compile_only: bool = False) -> Array:
+    """MaskGIT-confidence (§4.1) or MaskGIT-Halton (§4.2): int32 [B, N] raster codes.
+
+    `guided` runs the doubled CFG batch (set when cfg_w != 0; with w = 0 it samples exactly
+    what the unguided path does)."""
+    n = model_cfg.length
+    if order == "halton":
+        # rank[k] = step-independent position of cell k in the Halton order; step i writes the
+        # cells of rank < R_i.
+        rank = np.empty(n, np.int32)
+        rank[io.halton_order(io.grid_side(n))] = np.arange(n, dtype=np.int32)
+        reveal = io.halton_totals(n, steps).astype(np.int32)
+        temps = io.halton_temperatures(temperature, steps)
+        weights = io.cfg_weights(cfg_w, steps, ramp=False)
+        noise = np.zeros(steps, np.float32)
+    else:
+        rank = np.zeros(n, np.int32)
+        reveal = io.maskgit_confidence_k(n, steps)
+        temps = np.full(steps, temperature, np.float32)
+        weights = io.cfg_weights(cfg_w, steps, ramp=True)
+        noise = io.gumbel_scales(steps)
+    sched = jax.tree.map(jnp.asarray, (rank, reveal, temps, weights, noise))
+    calls = jnp.int32(0 if compile_only else steps)
+    return _maskgit_loop(graphdef, params, key, labels, *sched, calls,
+                         mask_id=model_cfg.codebook_size, codebook_size=model_cfg.codebook_size,
+                         order=order, guided=guided)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mask_id", "codebook_size", "order",
+                                             "guided"))
+def _maskgit_loop(graphdef, params, key, labels, rank, reveal, temps, weights, noise, steps, *,
+                  mask_id, codebook_size, order, guided):
+    """The whole MaskGIT loop: code int32 [B, N] from all-mask to clamped codes.
+
+    rank: int32 [N] Halton rank of each cell; reveal: int32 [S] cumulative cells written by
+    step i; temps, weights, noise: float32 [S] per-step logit multiplier, CFG weight, Gumbel
+    scale; steps: traced int32 (0 compiles without running a step)."""
+    model = nnx.merge(graphdef, params)
+    b, n = labels.shape[0], rank.shape[0]
+    if guided:
+        labels_in, drop_in = io.doubled_conditioning(labels)
+    else:
+        labels_in, drop_in = labels, jnp.zeros_like(labels, bool)
+
+    def body(i, code):
+        k_sample, k_noise = jax.random.split(jax.random.fold_in(key, i))
+        logits = model(io.double(code) if guided else code, labels_in, drop_in)
+        logits = io.guide(logits, weights[i]) if guided else logits.astype(jnp.float32)
+        logits = logits * temps[i]  # the mask column is not suppressed (as the reference)
+        sampled = gumbel_argmax_float32(k_sample, logits)  # [B, N]
+        if order == "halton":
+            write = jnp.broadcast_to(rank[None] < reveal[i], (b, n))
+        else:
+            gumbel = jax.random.gumbel(k_noise, sampled.shape, jnp.float32)
+            conf = io.confidence(logits, sampled, gumbel, noise[i])
+            # Known cells rank first (+inf) and are re-sampled; k_i counts them.
+            conf = jnp.where(code != mask_id, jnp.inf, conf)
+            write = io.descending_ranks(conf) < reveal[i]
+        return jnp.where(write, sampled, code)
+
+    code = jnp.full((b, n), mask_id, jnp.int32)
+    code = jax.lax.fori_loop(0, steps, body, code)
+    return jnp.clip(code, 0, codebook_size - 1)
+
+
+# ----------------------------------------------------------------------------- PGM
+def plan_pgm_steps(num_tokens: int, steps: int, order: str, bucket: int = 0) -> list[StepPlan]:
+    """The host-side plan of a PGM run: one `StepPlan` per step that reveals tokens.
+
+    Buckets come from `pgm.plan_segments` (BOS + clean tokens <= bucket). Halton queries the
+    step's cells, padded to the largest count of its bucket group; confidence queries every
+    remaining cell, padded to what remains at the group's first step.
+    """
+    counts = (io.halton_counts if order == "halton" else io.pgm_confidence_counts)(
+        num_tokens, steps)
+    live = np.flatnonzero(counts > 0)  # steps that reveal nothing make no call
+    length = num_tokens + 1
+    bucket = min(bucket or pgm.default_bucket(length), length)
+    segments = pgm.plan_segments(counts[live][None], length, bucket, exact_width=True)
+    decoded = np.cumsum(counts) - counts
+    plans = []
+    for seg in segments:
+        width = seg.width if order == "halton" else num_tokens - int(decoded[live[seg.first]])
+        plans.extend(StepPlan(int(s), int(decoded[s]), int(counts[s]), seg.bucket, width)
+                     for s in live[seg.first:seg.last])
+    return plans
+
+
+def sample_pgm(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: Array, *,
+               labels: Array, steps: int, order: str, temperature: float, cfg_w: float,
+               guided: bool, release_quirk: bool = False, bucket: int = 0,
+               compile_only: bool = False) -> Array:
+    """PGM-Halton or PGM-confidence (§4.3): int32 [B, N] raster codes.
+
+    State: `packed` int32 [B, N+1+pad] tokens in reveal order (BOS first) and `positions`
+    their sequence positions; for Halton the positions are fixed up front, for confidence the
+    not-yet-revealed positions follow the revealed ones in their current order.
+    """
+    n = model_cfg.length
+    plans = plan_pgm_steps(n, steps, order, bucket)
+    b = labels.shape[0]
+    pad = max(p.width for p in plans)
+    first = io.halton_order(io.grid_side(n)) if order == "halton" else np.arange(n)
+    positions = np.concatenate([[0], first + 1, np.zeros(pad, np.int64)]).astype(np.int32)
+    positions = jnp.broadcast_to(jnp.asarray(positions), (b, positions.shape[0]))
+    packed = jnp.full(positions.shape, model_cfg.codebook_size + 1, jnp.int32)  # BOS
+    if order == "halton":
+        temps = io.halton_temperatures(temperature, steps)
+        noise = np.zeros(steps, np.float32)
+    else:
+        temps = np.full(steps, temperature, np.float32)
+        noise = io.gumbel_scales(steps)
+    weights = io.cfg_weights(cfg_w, steps, ramp=True)
+    if compile_only:  # one call per compiled shape, each running no step
+        plans = list({(p.bucket, p.width): dataclasses.replace(p, count=0) for p in plans}
+                     .values())
+    for p in plans:
+        scalars = (jnp.int32(p.decoded), jnp.int32(p.count), jnp.float32(weights[p.step]),
+                   jnp.float32(temps[p.step]), jnp.float32(noise[p.step]))
+        packed, positions = _pgm_step(
+            graphdef, params, packed, positions, labels, jax.random.fold_in(key, p.step),
+            *scalars, jnp.int32(0 if compile_only else 1), bucket=p.bucket, width=p.width,
+            order=order, guided=guided, release_quirk=release_quirk, num_tokens=n,
+            codebook_size=model_cfg.codebook_size)
+    return _finish(packed[:, :n + 1], positions[:, :n + 1], model_cfg.codebook_size)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "bucket", "width", "order", "guided", "release_quirk",
+                     "num_tokens", "codebook_size"),
+    donate_argnums=(2, 3),
+)
+def _pgm_step(graphdef, params, packed, positions, labels, key, decoded, count, w, temp, noise,
+              calls, *, bucket, width, order, guided, release_quirk, num_tokens, codebook_size):
+    """One PGM step: reveals `count` tokens after the first `decoded` (traced scalars).
+
+    The encoder sees the static prefix [:bucket] (BOS + decoded tokens + padding keys marked
+    invalid); the decoder the `width` positions after them (slots past the step's count, or
+    past the sequence, are padding). `calls` (0 or 1) runs the step that many times: 0
+    compiles it without running it. Returns the updated (packed, positions).
+    """
+    body = functools.partial(_pgm_step_body, graphdef, params, labels, key, decoded, count, w,
+                             temp, noise, bucket=bucket, width=width, order=order, guided=guided,
+                             release_quirk=release_quirk, num_tokens=num_tokens,
+                             codebook_size=codebook_size)
+    return jax.lax.fori_loop(0, calls, lambda _, state: body(*state), (packed, positions))
+
+
+def _pgm_step_body(graphdef, params, labels, key, decoded, count, w, temp, noise, packed,
+                   positions, *, bucket, width, order, guided, release_quirk, num_tokens,
+                   codebook_size):
+    model = nnx.merge(graphdef, params)
+    b = packed.shape[0]
+    start = 1 + decoded
+    slots = jnp.arange(width)[None, :]
+    window_pos = jax.lax.dynamic_slice_in_dim(positions, start, width, axis=1)  # [B, width]
+    window_tok = jax.lax.dynamic_slice_in_dim(packed, start, width, axis=1)
+    clean_valid = jnp.broadcast_to(jnp.arange(bucket)[None, :] < start, (b, bucket))
+    args = (packed[:, :bucket], positions[:, :bucket], clean_valid, window_pos)
+    if guided:
+        labels_in, drop_in = io.doubled_conditioning(labels)
+        logits = model.infer(*map(io.double, args), labels_in, drop_in,
+                             release_quirk=release_quirk)
+        logits = io.guide(logits, w)
+    else:
+        logits = model.infer(*args, labels, jnp.zeros_like(labels, bool),
+                             release_quirk=release_quirk).astype(jnp.float32)
+    # Draws are keyed by (row, position), so padding slots and keys never shift them.
+    k_sample, k_noise = jax.random.split(key)
+    if order == "halton":
+        # PGM-Halton never samples the mask or BOS ids; step 0's temperature is pre-halved.
+        logits = logits.at[..., codebook_size:codebook_size + 2].set(-jnp.inf) * temp
+        new = io.draw_at_positions(k_sample, logits, window_pos)
+        new = jnp.where(slots < count, new, window_tok)
+        return jax.lax.dynamic_update_slice_in_dim(packed, new, start, axis=1), positions
+    # Confidence: no suppression (the final clamp maps stray mask / BOS ids into the codebook).
+    logits = logits * temp
+    new = io.draw_at_positions(k_sample, logits, window_pos)
+    conf = io.confidence(logits, new, io.gumbel_at_positions(k_noise, window_pos), noise)
+    conf = jnp.where(slots < num_tokens - decoded, conf, -jnp.inf)  # past the sequence
+    chosen = io.descending_ranks(conf) < count
+    # Chosen slots move to the front of the window in their current order, the rest follow
+    # in theirs (the reference's masked_select), so the next window starts after the chosen.
+    perm = jnp.argsort(jnp.where(chosen, 0, 1), axis=1, stable=True)
+    new = jnp.take_along_axis(new, perm, axis=1)
+    window_pos = jnp.take_along_axis(window_pos, perm, axis=1)
+    packed = jax.lax.dynamic_update_slice_in_dim(packed, new, start, axis=1)
+    positions = jax.lax.dynamic_update_slice_in_dim(positions, window_pos, start, axis=1)
+    return packed, positions
+
+
+@functools.partial(jax.jit, static_argnames=("codebook_size",))
+def _finish(packed: Array, positions: Array, codebook_size: int) -> Array:
+    """Reveal order -> raster codes int32 [B, N]: scatter, drop BOS, clamp into the codebook."""
+    return jnp.clip(pgm.to_natural_order(packed, positions)[:, 1:], 0, codebook_size - 1)
