@@ -1,12 +1,15 @@
 # pgm_jax: two commands on a fresh machine.
 #   make demo   create .venv, train a small PGM on the bundled Python docs (CPU), sample
+#   make demo-images   train a class-conditional image PGM on scikit-learn's 8x8 digits (CPU),
+#                      sample a PNG grid (one row per digit)
 #   make test   create .venv with the dev extras, run the test suite (8 fake CPU devices)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
+DIGITS_DIR ?= runs/digits
 
-.PHONY: demo demo-mdlm test lint clean-demo
+.PHONY: demo demo-mdlm demo-images test lint clean-demo
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +29,10 @@ demo-mdlm: $(VENV)/.runtime
 	$(PY) -m pgm_jax.main --config=configs/demo.py --config.algo=mdlm --workdir=$(DEMO_DIR)-mdlm
 	$(PY) -m pgm_jax.sample --workdir=$(DEMO_DIR)-mdlm --num_samples=3 --batch_size=3
 
+demo-images: $(VENV)/.runtime
+	$(PY) -m pgm_jax.main --config=configs/digits.py --workdir=$(DIGITS_DIR)
+	$(PY) -m pgm_jax.sample --workdir=$(DIGITS_DIR) --num_samples=10 --batch_size=50
+
 test: $(VENV)/.dev
 	$(PY) -m pytest -q --durations=10
 
@@ -33,4 +40,4 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 
 clean-demo:
-	rm -rf $(DEMO_DIR) $(DEMO_DIR)-mdlm
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)-mdlm $(DIGITS_DIR)

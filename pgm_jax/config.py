@@ -16,6 +16,9 @@ from pgm_jax.models import ModelConfig
 NONFINITE = ("skip", "stop")  # config.train.nonfinite: what a NaN / Inf loss or gradient does
 ALGO_TO_KIND = {"pgm": "pgm", "mdlm": "mdlm_dit", "complement_mdlm": "mdlm_dit", "ar": "ar",
                 "image_pgm": "image_pgm", "maskgit": "maskgit"}
+IMAGE_ALGOS = ("image_pgm", "maskgit")  # class-conditional models over image token grids
+IMAGE_SOURCES = ("digits", "imagenet_vq")  # data.source values that hold images
+IMAGE_ORDERS = ("halton", "confidence")  # config.sample.order
 
 
 class ConfigError(ValueError):
@@ -26,11 +29,24 @@ def _err(key: str, value, message: str) -> ConfigError:
     return ConfigError(f"config.{key}={value!r}: {message}")
 
 
+def is_image(config: ConfigDict) -> bool:
+    """True for the class-conditional image algorithms (image_pgm, maskgit)."""
+    return config.algo in IMAGE_ALGOS
+
+
+def image_vocab(algo: str, codebook_size: int) -> tuple[int, int]:
+    """(vocab_size, mask_index) of an image model over `codebook_size` codes: the mask id is
+    codebook_size; PGM also embeds BOS = codebook_size + 1 (so vocab = codebook_size + 2),
+    MaskGIT has no BOS (vocab = codebook_size + 1)."""
+    return codebook_size + (2 if algo == "image_pgm" else 1), codebook_size
+
+
 def validate(config: ConfigDict) -> None:
     """Raises ConfigError for the first invalid value (keys, types and ranges of every section)."""
     _check_schema(config)
     if config.algo not in ALGO_TO_KIND:
         raise _err("algo", config.algo, f"must be one of {sorted(ALGO_TO_KIND)}")
+    _check_modality(config)
     positive = {
         "train": ("batch_size", "grad_accum", "num_steps", "log_every", "eval_every",
                   "eval_batch_size", "checkpoint_every", "keep_checkpoints"),
@@ -47,6 +63,8 @@ def validate(config: ConfigDict) -> None:
             raise _err(f"train.{key}", config.train[key], "must be >= 0")
     if config.train.nonfinite not in NONFINITE:
         raise _err("train.nonfinite", config.train.nonfinite, f"must be one of {NONFINITE}")
+    if is_image(config):
+        _check_image(config)
     if config.data.pack and config.algo != "pgm":
         raise _err("data.pack", True, "packed sequences (segment ids) are only supported with "
                    "algo=pgm; use data.wrap or padding for the baselines")
@@ -80,11 +98,48 @@ def validate(config: ConfigDict) -> None:
         raise _err("mesh.max_replicated_fraction", config.mesh.max_replicated_fraction,
                    "must be in [0, 1]")
     m = config.model
-    probe = model_config(config, vocab_size=max(m.vocab_size, 2), mask_index=max(m.mask_index, 0))
+    if is_image(config):
+        probe = model_config(config)
+    else:
+        probe = model_config(config, vocab_size=max(m.vocab_size, 2),
+                             mask_index=max(m.mask_index, 0))
     for field, message in probe.problems():
         if field in ("vocab_size", "mask_index") and m[field] == -1:
             continue
         raise _err(f"model.{field}", m[field] if field in m else None, message)
+
+
+def _check_modality(config: ConfigDict) -> None:
+    """Image algorithms train on image sources and text algorithms on text sources."""
+    source = config.data.source
+    if is_image(config) and source not in IMAGE_SOURCES:
+        raise _err("data.source", source, f"algo={config.algo} trains on images: use one of "
+                   f"{IMAGE_SOURCES}")
+    if not is_image(config) and source in IMAGE_SOURCES:
+        raise _err("data.source", source, f"holds images but algo={config.algo} is a text "
+                   f"model: use algo=image_pgm or maskgit")
+
+
+def _check_image(config: ConfigDict) -> None:
+    """The image keys: classes, codebook, vocabulary and the image sampler's settings."""
+    m, s = config.model, config.sample
+    for key in ("num_classes", "codebook_size"):
+        if m[key] <= 0:
+            raise _err(f"model.{key}", m[key], f"must be > 0 for algo={config.algo}")
+    if not 0.0 <= m.label_dropout < 1.0:
+        raise _err("model.label_dropout", m.label_dropout, "must be in [0, 1)")
+    vocab, mask = image_vocab(config.algo, m.codebook_size)
+    for key, want in (("vocab_size", vocab), ("mask_index", mask)):
+        if m[key] not in (-1, want):
+            raise _err(f"model.{key}", m[key], f"algo={config.algo} with model.codebook_size="
+                       f"{m.codebook_size} needs {want} (or -1: derived)")
+    if s.order not in IMAGE_ORDERS:
+        raise _err("sample.order", s.order, f"must be one of {IMAGE_ORDERS}")
+    if s.cfg_w < 0:
+        raise _err("sample.cfg_w", s.cfg_w, "must be >= 0 (0 = no classifier-free guidance)")
+    if s.steps > m.length:
+        raise _err("sample.steps", s.steps, f"must be <= model.length={m.length} (the number "
+                   "of image tokens: every step reveals at least one)")
 
 
 def _check_schema(config: ConfigDict) -> None:
@@ -121,7 +176,7 @@ def flatten(config: ConfigDict | dict, prefix: str = "") -> dict:
     return out
 
 
-RESUME_IGNORED = ("model.dropout", "model.dtype")  # model keys that may change on resume
+RESUME_IGNORED = ("model.dropout", "model.dtype", "model.label_dropout")  # may change on resume
 
 
 def check_resume(config: ConfigDict, stored: ConfigDict, workdir: str) -> None:
@@ -142,9 +197,15 @@ def check_resume(config: ConfigDict, stored: ConfigDict, workdir: str) -> None:
 
 def model_config(config: ConfigDict, *, vocab_size: int | None = None,
                  mask_index: int | None = None) -> ModelConfig:
-    """The typed ModelConfig; vocab_size / mask_index default to the config's values."""
+    """The typed ModelConfig; vocab_size / mask_index default to the config's values (for
+    images: derived from model.codebook_size when -1)."""
     values = dict(config.model.items())
     values["kind"] = ALGO_TO_KIND[config.algo]
+    if is_image(config):
+        derived = image_vocab(config.algo, config.model.codebook_size)
+        for key, value in zip(("vocab_size", "mask_index"), derived, strict=True):
+            if values[key] == -1:
+                values[key] = value
     if vocab_size is not None:
         values["vocab_size"] = vocab_size
     if mask_index is not None:

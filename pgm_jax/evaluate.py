@@ -12,6 +12,14 @@
   mean per-sample token entropy. The judge is a Hugging Face GPT-2 directory (config.json +
   model.safetensors, any size; GPT-2 BPE from its vocab.json + merges.txt or OpenAI's bundled
   files) or a pgm_jax run directory trained with `algo=ar`.
+* Image runs (algo image_pgm / maskgit): the validation loss (the run's training objective,
+  nats per image token, over every validation image) and, with `--inception=WEIGHTS` and
+  `--fid_stats=STATS` (and `--vq=VQ` to decode VQ codes), FID and Inception Score of
+  `--num_samples` class-balanced samples (spec pgm_image.md §5). Digits runs skip FID: 8x8
+  pixel-level images are not what the FID Inception protocol measures.
+
+    python -m pgm_jax.evaluate --workdir=runs/in_pgm --inception=inception_v3_weights_fid.pickle \
+        --fid_stats=imagenet_val_256.npz --vq=vq8 --num_samples=50000 --cfg_w=2
 Writes `WORKDIR/eval_step_<N>.json` (or `--output`) and prints it.
 """
 
@@ -46,6 +54,17 @@ _F64 = flags.DEFINE_bool("float64", None, "Reference float64 Gumbel arithmetic."
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _OUTPUT = flags.DEFINE_string("output", None, "Results file (default: "
                               "WORKDIR/eval_step_<N>.json).")
+_INCEPTION = flags.DEFINE_string("inception", None, "Images: FID Inception weights (a local "
+                                 "file: jax-fid's pickle or a pytorch-fid / torch-fidelity .pth).")
+_FID_STATS = flags.DEFINE_string("fid_stats", None, "Images: reference FID statistics (.npz "
+                                 "with mu, sigma, or PGM's torch file {mu, cov}).")
+_VQ = flags.DEFINE_string("vq", None, "Images with VQ codes: the VQ model that decodes samples "
+                          "for FID (a `pgm_jax.convert vq` folder or vq_ds8_c2i.pt).")
+_CFG_W = flags.DEFINE_float("cfg_w", None, "Images: guidance weight (default: config).")
+_ORDER = flags.DEFINE_enum("order", None, ["halton", "confidence"],
+                           "Images: token order (default: config sample.order).")
+TEXT_FLAGS = ("judge", "judge_batch_size", "samples", "top_p", "float64")
+IMAGE_FLAGS = ("inception", "fid_stats", "vq", "cfg_w", "order")
 
 
 def read_samples(path: str) -> tuple[list, set]:
@@ -65,24 +84,31 @@ def main(argv: list[str]) -> None:
     cli.require(os.path.isdir(workdir), f"--workdir={workdir}: no such directory (a run of "
                 "pgm_jax.main)")
     cli.require(_MAX_BATCHES.value >= 0, f"--max_batches={_MAX_BATCHES.value}: must be >= 0")
-    import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
     from pgm_jax import sharding  # noqa: PLC0415
-    from pgm_jax.config import load_run_config, model_config  # noqa: PLC0415
+    from pgm_jax.config import IMAGE_ALGOS, load_run_config, model_config  # noqa: PLC0415
     from pgm_jax.eval.evaluation import sample_quality, validation  # noqa: PLC0415
     from pgm_jax.eval.judge import load_judge  # noqa: PLC0415
     from pgm_jax.sampling import from_run  # noqa: PLC0415
 
     config = from_run.on_current_schema(load_run_config(workdir))
+    image = config.algo in IMAGE_ALGOS
+    for name in TEXT_FLAGS if image else IMAGE_FLAGS:
+        cli.require(flags.FLAGS[name].present == 0, f"--{name} applies to "
+                    f"{'text' if image else 'image'} runs only; {workdir} is a {config.algo} run")
+    if _BATCH.value is not None:
+        cli.require(_BATCH.value > 0, f"--batch_size={_BATCH.value}: must be positive")
+        config.train.eval_batch_size = _BATCH.value
+    if image:
+        result = evaluate_images(workdir, config)
+        write_result(workdir, result)
+        return
     ec = config.eval
     judge_path = ec["judge"] if _JUDGE.value is None else _JUDGE.value
     judge_batch = _JUDGE_BATCH.value or ec["judge_batch_size"]
     cli.require(judge_batch > 0, f"--judge_batch_size={judge_batch}: must be positive")
     cli.require(_VAL.value or bool(judge_path), "nothing to do: --noval and no --judge")
-    if _BATCH.value is not None:
-        cli.require(_BATCH.value > 0, f"--batch_size={_BATCH.value}: must be positive")
-        config.train.eval_batch_size = _BATCH.value
     result: dict = {"workdir": os.path.abspath(workdir)}
     step = _STEP.value
     if _VAL.value:
@@ -114,12 +140,114 @@ def main(argv: list[str]) -> None:
         result["gen"].update(sample_quality(judge, samples, tokenizer, mcfg.length, judge_batch))
         print(f"samples: gen ppl {result['gen']['gen_ppl_first_chunk_retok']:.2f} (judge "
               f"{judge.name}) | entropy {result['gen']['entropy']:.3f}", flush=True)
+    write_result(workdir, result)
+
+
+def write_result(workdir: str, result: dict) -> None:
+    """Prints `result` and writes it to `--output` (default WORKDIR/eval_step_<N>.json)."""
+    import jax  # noqa: PLC0415
+
     path = _OUTPUT.value or os.path.join(workdir, f"eval_step_{result.get('step', 'na')}.json")
     if jax.process_index() == 0:
         with open(path, "w") as f:
             json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")
+
+
+def image_validation(workdir: str, config, step: int | None, max_batches: int
+                     ) -> tuple[dict, int]:
+    """(validation metrics, checkpoint step) of an image run with its EMA weights: the
+    training objective's mean NLL per image token over every validation image."""
+    from pgm_jax.restore import restore_params  # noqa: PLC0415
+    from pgm_jax.train import loop  # noqa: PLC0415
+
+    run = loop.setup(config, workdir)
+    _, params, step = restore_params(workdir, run.model_cfg, run.mesh, step, item="ema")
+    _, eval_step = loop.jit_steps(run)
+    metrics = loop.evaluate(run, eval_step, params, max_batches)
+    metrics["examples"] = len(run.data.val)
+    return metrics, step
+
+
+def image_fid(workdir: str, config, step: int | None) -> tuple[dict, int]:
+    """(FID / Inception Score of class-balanced samples, checkpoint step), spec §5: labels
+    0, 1, ..., num_classes - 1, 0, 1, ... (`--num_samples`, default eval.num_samples), codes
+    decoded by `--vq` and clipped to [-1, 1], Inception features against `--fid_stats`."""
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from pgm_jax import sharding  # noqa: PLC0415
+    from pgm_jax.config import model_config  # noqa: PLC0415
+    from pgm_jax.data import images  # noqa: PLC0415
+    from pgm_jax.eval import fid, inception  # noqa: PLC0415
+    from pgm_jax.restore import restore_params  # noqa: PLC0415
+    from pgm_jax.train import loop  # noqa: PLC0415
+
+    mcfg = model_config(config)
+    settings = loop.sampler_settings(config.sample)
+    settings.update({k: v for k, v in (("steps", _STEPS.value), ("cfg_w", _CFG_W.value),
+                                       ("order", _ORDER.value)) if v is not None})
+    cli.require(0 < settings["steps"] <= mcfg.length,
+                f"--steps={settings['steps']}: must be in [1, {mcfg.length}]")
+    cli.require(settings["cfg_w"] >= 0, f"--cfg_w={settings['cfg_w']}: must be >= 0")
+    num = _NUM.value or config.eval.num_samples
+    batch = _SAMPLE_BATCH.value or config.sample.batch_size
+    cli.require(num >= 10 and batch > 0, f"--num_samples={num} (>= 10, the IS splits) and "
+                f"--sample_batch_size={batch} (> 0)")
+    stats_ref = fid.load_stats(_FID_STATS.value)
+    vq = images.load_vq(_VQ.value)
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    extract = inception.InceptionExtractor(inception.load_inception(_INCEPTION.value), mesh=mesh)
+    graphdef, params, step = restore_params(workdir, mcfg, mesh, step, item="ema")
+    labels = (np.arange(num) % mcfg.num_classes).astype(np.int32)
+    feats, scores = fid.FeatureAccumulator(), fid.ISAccumulator(num)
+    key = jax.random.key(_SEED.value)
+    # One chunk of samples at a time: codes -> pixels -> Inception, nothing kept but the sums.
+    chunk = batch * max(1, 1024 // batch)
+    for i, start in enumerate(range(0, num, chunk)):
+        codes = loop.image_samples(graphdef, params, mcfg, jax.random.fold_in(key, i),
+                                   labels[start:start + chunk], batch, **settings)
+        f, logits = extract(images.vq_pixels(vq, codes) * 2.0 - 1.0)
+        feats.update(f)
+        scores.update(logits)
+        print(f"FID samples: {start + len(codes)}/{num}", flush=True)
+    is_mean, is_std = scores.score()
+    return {"fid": fid.fid_from_stats(*feats.stats(), *stats_ref), "inception_score": is_mean,
+            "inception_score_std": is_std, "num_samples": num, "sampling": settings,
+            "seed": _SEED.value, "inception": os.path.abspath(_INCEPTION.value),
+            "fid_stats": os.path.abspath(_FID_STATS.value),
+            "vq": os.path.abspath(_VQ.value)}, step
+
+
+def evaluate_images(workdir: str, config) -> dict:
+    """The image branch of `main`: validation loss, then FID / IS when asked for."""
+    want_fid = bool(_INCEPTION.value or _FID_STATS.value)
+    cli.require(bool(_INCEPTION.value) == bool(_FID_STATS.value),
+                "--inception and --fid_stats go together (FID needs both)")
+    source = config.data.source
+    if want_fid and source == "digits":
+        print("note: FID skipped: data.source=digits holds 8x8 pixel-level images, not the "
+              "256x256 VQ-decoded images the FID Inception protocol measures", flush=True)
+        want_fid = False
+    if want_fid:
+        cli.require(bool(_VQ.value), f"FID of data.source={source} samples needs --vq=VQ "
+                    "(the VQ model that decodes the codes to pixels)")
+    cli.require(_VAL.value or want_fid, "nothing to do: --noval and no --inception/--fid_stats")
+    result: dict = {"workdir": os.path.abspath(workdir)}
+    step = _STEP.value
+    if _VAL.value:
+        result["val"], step = image_validation(workdir, config, step, _MAX_BATCHES.value)
+        result["step"] = step
+        v = result["val"]
+        print(f"validation: nll {v['nll']:.4f} nats/token ({v['bits_per_token']:.4f} bits) | "
+              f"{int(v['images'])} of {v['examples']} images", flush=True)
+    if want_fid:
+        result["fid"], step = image_fid(workdir, config, step)
+        result["step"] = step
+        print(f"samples: FID {result['fid']['fid']:.2f} | IS "
+              f"{result['fid']['inception_score']:.2f}", flush=True)
+    return result
 
 
 if __name__ == "__main__":

@@ -1,12 +1,21 @@
 """Sample from a trained (or converted) run with its EMA weights.
 
   python -m pgm_jax.sample --workdir=runs/demo [--num_samples=8 --steps=32 --top_p=0.9]
+  python -m pgm_jax.sample --workdir=runs/digits [--num_samples=8 --classes=0,3 --cfg_w=2
+      --order=confidence --vq=VQ_DIR]
 
 PGM runs use the efficient sampler (`--mode`: efficient-uniform or efficient-non-uniform), MDLM
 runs the ancestral sampler, AR runs decode left to right. The EMA weights are restored onto a
 data-parallel mesh over every device and each batch is sharded over it (when the devices
 divide `--batch_size`); a progress bar counts samples. Writes `samples.jsonl` (checkpoint step,
 token ids, text) and `samples.txt` under the workdir (or the `--output` prefix).
+
+Image runs (algo image_pgm / maskgit) draw `--num_samples` images of each class of `--classes`
+(default: every class, or 10 spread over them) with the run's sampler settings (`--order`,
+`--cfg_w`, `--steps`, `--temperature`, `--release_quirk`) and write `samples.npz` (codes int32
+[M, N] in raster order, labels int32 [M], step) and `samples.png`, a grid with one row per
+class. Digits tokens are pixel levels (intensity level / 16); VQ codes (imagenet_vq) are
+decoded to pixels only with `--vq` (a converted VQ folder or the reference `.pt`).
 """
 
 from __future__ import annotations
@@ -31,6 +40,18 @@ _MODE = flags.DEFINE_enum("mode", None, ["efficient-uniform", "efficient-non-uni
                           "PGM schedule (default: config sample.mode).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output path prefix (default: WORKDIR/samples).")
+_CFG_W = flags.DEFINE_float("cfg_w", None, "Images: classifier-free guidance weight (default: "
+                            "config sample.cfg_w; 0 = none).")
+_ORDER = flags.DEFINE_enum("order", None, ["halton", "confidence"],
+                           "Images: token order (default: config sample.order).")
+_QUIRK = flags.DEFINE_bool("release_quirk", None, "Images, PGM: hide the newest clean token "
+                           "as the released sampler does (default: config).")
+_CLASSES = flags.DEFINE_list("classes", None, "Images: class ids, one grid row each (default: "
+                             "every class, or 10 spread over them).")
+_VQ = flags.DEFINE_string("vq", None, "Images with VQ codes: the VQ model that decodes them to "
+                          "pixels (a `pgm_jax.convert vq` folder or vq_ds8_c2i.pt).")
+IMAGE_FLAGS = ("cfg_w", "order", "release_quirk", "classes", "vq")
+TEXT_FLAGS = ("top_p", "float64", "mode")
 
 
 def main(argv: list[str]) -> None:
@@ -41,11 +62,19 @@ def main(argv: list[str]) -> None:
     cli.require(_STEP.value is None or _STEP.value >= 0, f"--step={_STEP.value}: must be >= 0")
     import jax  # noqa: PLC0415
 
-    from pgm_jax.config import load_run_config, model_config  # noqa: PLC0415
+    from pgm_jax.config import IMAGE_ALGOS, load_run_config, model_config  # noqa: PLC0415
     from pgm_jax.sampling import from_run  # noqa: PLC0415
 
     workdir = _WORKDIR.value
     config = load_run_config(workdir)
+    image = config.get("algo") in IMAGE_ALGOS
+    for name in TEXT_FLAGS if image else IMAGE_FLAGS:
+        cli.require(flags.FLAGS[name].present == 0, f"--{name} applies to "
+                    f"{'text' if image else 'image'} runs only; {workdir} is a "
+                    f"{config.get('algo')} run")
+    if image:
+        sample_images(workdir, config)
+        return
     s = from_run.settings(config, model_config(config), num_samples=_NUM.value,
                           batch_size=_BATCH.value, steps=_STEPS.value, top_p=_TOP_P.value,
                           temperature=_TEMP.value, float64=_F64.value, mode=_MODE.value)
@@ -67,6 +96,85 @@ def main(argv: list[str]) -> None:
         print(f"=== sample {j} ===\n{row if text is None else text}\n")
     print(f"wrote {prefix}.jsonl and {prefix}.txt ({len(tokens)} samples in {seconds:.1f}s, "
           f"compilation included)")
+
+
+def image_settings(config, model_cfg) -> dict:
+    """The run's `sample.*` image settings overridden by the flags given; checked."""
+    from pgm_jax.sampling.from_run import on_current_schema  # noqa: PLC0415
+    from pgm_jax.train.loop import sampler_settings  # noqa: PLC0415
+
+    s = sampler_settings(on_current_schema(config).sample)
+    given = {"steps": _STEPS.value, "order": _ORDER.value, "temperature": _TEMP.value,
+             "cfg_w": _CFG_W.value, "release_quirk": _QUIRK.value}
+    s.update({k: v for k, v in given.items() if v is not None})
+    n = model_cfg.length
+    cli.require(0 < s["steps"] <= n, f"--steps={s['steps']}: must be in [1, {n}] (the image "
+                "tokens)")
+    cli.require(s["cfg_w"] >= 0, f"--cfg_w={s['cfg_w']}: must be >= 0")
+    cli.require(s["temperature"] >= 0, f"--temperature={s['temperature']}: must be >= 0")
+    return s
+
+
+def image_classes(num_classes: int) -> list[int] | None:
+    """`--classes` as ints in [0, num_classes), or None (the default spread)."""
+    if _CLASSES.value is None:
+        return None
+    try:
+        classes = [int(c) for c in _CLASSES.value]
+    except ValueError:
+        raise cli.UsageError(f"--classes={','.join(_CLASSES.value)}: must be integers") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    cli.require(bool(classes) and not bad, f"--classes: {bad or 'empty'}: class ids must be in "
+                f"[0, {num_classes})")
+    return classes
+
+
+def sample_images(workdir: str, config) -> None:
+    """The image branch: per-class samples -> PREFIX.npz and PREFIX.png (see module doc)."""
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from pgm_jax import sharding  # noqa: PLC0415
+    from pgm_jax.config import model_config  # noqa: PLC0415
+    from pgm_jax.data import images  # noqa: PLC0415
+    from pgm_jax.restore import restore_params  # noqa: PLC0415
+    from pgm_jax.sampling.from_run import on_current_schema  # noqa: PLC0415
+    from pgm_jax.train import loop  # noqa: PLC0415
+
+    mcfg = model_config(config)
+    settings = image_settings(config, mcfg)
+    per_class = _NUM.value or on_current_schema(config).sample.num_samples
+    batch = _BATCH.value or on_current_schema(config).sample.batch_size
+    cli.require(per_class > 0, f"--num_samples={per_class}: must be positive")
+    cli.require(batch > 0, f"--batch_size={batch}: must be positive")
+    labels = loop.grid_labels(mcfg.num_classes, per_class, image_classes(mcfg.num_classes))
+    source = config.data.source
+    cli.require(not (_VQ.value and source == "digits"), "--vq decodes VQ codes, but "
+                f"{workdir} is a digits run (its tokens are pixel levels)")
+    if source != "digits" and not _VQ.value:
+        print(f"note: data.source={source} samples are VQ codes: pass --vq=DIR to decode them "
+              "to a PNG; writing the codes only")
+    vq = images.load_vq(_VQ.value) if _VQ.value else None
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    graphdef, params, step = restore_params(workdir, mcfg, mesh, _STEP.value, item="ema")
+    t0 = time.perf_counter()
+    codes = loop.image_samples(graphdef, params, mcfg, jax.random.key(_SEED.value), labels,
+                               batch, **settings)
+    seconds = time.perf_counter() - t0
+    if source == "digits":
+        pixels = images.digits_pixels(codes)
+    else:
+        pixels = None if vq is None else images.vq_pixels(vq, codes)
+    prefix = _OUTPUT.value or os.path.join(workdir, "samples")
+    paths = []
+    if jax.process_index() == 0:
+        paths = loop.save_image_samples(prefix, codes, labels, pixels, per_class,
+                                        step=np.int64(step), settings=json.dumps(settings))
+    counts = np.bincount(labels, minlength=mcfg.num_classes)
+    print(f"step {step}: {len(codes)} samples ({int(counts.max())} per class, classes "
+          f"{sorted(set(labels.tolist()))}) in {seconds:.1f}s (compilation included), "
+          f"{json.dumps(settings)}")
+    print(f"wrote {' and '.join(paths)}")
 
 
 if __name__ == "__main__":

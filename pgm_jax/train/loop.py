@@ -1,4 +1,9 @@
-"""The training loop: config -> data -> model -> jitted steps -> checkpoints / eval / samples."""
+"""The training loop: config -> data -> model -> jitted steps -> checkpoints / eval / samples.
+
+Text algorithms (pgm, mdlm, complement_mdlm, ar) train on token sequences; the image algorithms
+(image_pgm, maskgit) on class-labelled image token grids ({"tokens": [B, N], "label": [B]}),
+with image samples written as PNG grids (one row per class) when the tokens are pixels.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import shutil
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -18,6 +24,7 @@ from ml_collections import ConfigDict
 from pgm_jax import checkpoint, distributed, sharding
 from pgm_jax import config as config_lib
 from pgm_jax.data import TextData, load_text_data
+from pgm_jax.data.images import ImageData, load_image_data
 from pgm_jax.metrics import TB_DIR, MetricsWriter, NonFiniteError, Progress, nonfinite
 from pgm_jax.models import ModelConfig, build_model
 from pgm_jax.restore import CHECKPOINT_DIR
@@ -45,7 +52,7 @@ class Run:
 
     config: ConfigDict
     model_cfg: ModelConfig
-    data: TextData
+    data: TextData | ImageData
     mesh: jax.sharding.Mesh
     graphdef: nnx.GraphDef
     shardings: TrainState
@@ -62,10 +69,15 @@ def setup(config: ConfigDict, workdir: str) -> Run:
     _check_resume(config, workdir)
     mesh = build_mesh(config)
     os.makedirs(workdir, exist_ok=True)
-    data = load_text_data(config.data, config.model.length, workdir)
-    model_cfg = config_lib.model_config(
-        config, vocab_size=data.tokenizer.vocab_size, mask_index=data.tokenizer.mask_id
-    )
+    if config_lib.is_image(config):
+        m = config.model
+        data = load_image_data(config.data, m.length, m.codebook_size, m.num_classes)
+        model_cfg = config_lib.model_config(config)  # vocabulary from model.codebook_size
+    else:
+        data = load_text_data(config.data, config.model.length, workdir)
+        model_cfg = config_lib.model_config(
+            config, vocab_size=data.tokenizer.vocab_size, mask_index=data.tokenizer.mask_id
+        )
     graphdef, shardings, tx = abstract_training(config, model_cfg, mesh)
     return Run(config, model_cfg, data, mesh, graphdef, shardings, tx)
 
@@ -159,26 +171,89 @@ def restore_newest(run: Run, ckpt: checkpoint.Checkpointer
     return None if restored is None else _train_state(restored[1])
 
 
+def jit_steps(run: Run) -> tuple:
+    """(train_step, eval_step) of `run`'s algorithm, jitted on its mesh and shardings.
+
+    train_step(state, batch) -> (state, metrics); eval_step(params, batch, key) -> (sum of
+    token NLLs, tokens). Text batches are {"tokens", "valid"} [B, L] (`step.jit_train_step`);
+    image batches add "label" [B], so their leaves are sharded by the batch axis only.
+    """
+    config, tc = run.config, run.config.train
+    loss_fn = LOSSES[config.algo]
+    train_fn = make_train_step(run.graphdef, loss_fn, run.tx, config.optim.ema_decay,
+                               tc.grad_accum, sharding.data_parallel_size(run.mesh))
+    if not config_lib.is_image(config):
+        return (jit_train_step(train_fn, run.shardings, run.mesh),
+                jit_eval_step(make_eval_step(run.graphdef, loss_fn), run.shardings.ema, run.mesh))
+    rows = sharding.batch_sharding(run.mesh, 1)  # a prefix for [B] and [B, N] leaves alike
+    rep = sharding.replicated(run.mesh)
+    train_step = jax.jit(sharding.traced_under(run.mesh, train_fn),
+                         in_shardings=(run.shardings, rows), out_shardings=(run.shardings, rep),
+                         donate_argnums=(0,))
+    eval_step = jax.jit(sharding.traced_under(run.mesh, image_eval_step(run.graphdef, loss_fn)),
+                        in_shardings=(run.shardings.ema, rows, rep), out_shardings=(rep, rep))
+    return train_step, eval_step
+
+
+def image_eval_step(graphdef: nnx.GraphDef, loss_fn):
+    """(params, batch, key) -> (sum of token NLLs, tokens) over the real rows of an image batch.
+
+    batch: tokens int32 [B, N], label int32 [B], weight float32 [B] (0 on padding rows). The
+    loss is evaluated image by image (`vmap` over rows, one key each) and weighted, so padding
+    rows count for nothing whatever the loss does with a batch. The mapped axis is named as
+    the mesh's batch axes (`spmd_axis_name`), so the models' activation constraints, which
+    see one-image batches, keep the rows split over the data-parallel devices.
+    """
+
+    def eval_step(params: dict, batch: dict, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        model = nnx.merge(graphdef, params)
+
+        def one(tokens, label, k):
+            return loss_fn(model, {"tokens": tokens[None], "label": label[None]}, k, False)
+
+        keys = jax.random.split(key, batch["tokens"].shape[0])
+        totals, counts = jax.vmap(one, spmd_axis_name=sharding.BATCH_AXES)(
+            batch["tokens"], batch["label"], keys)
+        w = batch["weight"]
+        return jnp.sum(totals * w), jnp.sum(counts * w)
+
+    return eval_step
+
+
 def evaluate(run: Run, eval_fn, params: dict, max_batches: int = 0) -> dict[str, float]:
-    """Validation NELBO per token and perplexity over the validation split (EMA params)."""
+    """Validation NELBO per token over the validation split (EMA params).
+
+    Text: {"nll", "ppl", "bpd", "tokens", "batches"}. Images: {"nll" (nats per image token),
+    "bits_per_token", "tokens", "images", "batches"}; a perplexity over pixel levels or VQ
+    codes means nothing, so there is none.
+    """
     bs = run.config.train.eval_batch_size
     base = jax.random.key(run.config.seed + EVAL_SEED_OFFSET)
+    image = config_lib.is_image(run.config)
+    keys = ("tokens", "label", "weight") if image else ("tokens", "valid")
     total, count = 0.0, 0.0
     n = run.data.num_eval_batches(bs)
     batches = run.data.eval_batches(bs, jax.process_index(), jax.process_count())
     for i, batch in enumerate(batches):
         if max_batches and i >= max_batches:
             break
-        gb = sharding.global_batch(run.mesh, {k: batch[k] for k in ("tokens", "valid")})
+        gb = sharding.global_batch(run.mesh, {k: batch[k] for k in keys})
         t, c = eval_fn(params, gb, jax.random.fold_in(base, i))
         total, count = total + float(t), count + float(c)
     nll = total / max(count, 1.0)
+    batches_seen = min(n, max_batches or n)
+    if image:
+        return {"nll": nll, "bits_per_token": nll / math.log(2), "tokens": count,
+                "images": count / run.model_cfg.length, "batches": batches_seen}
     return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), "bpd": nll / math.log(2),
-            "tokens": count, "batches": min(n, max_batches or n)}
+            "tokens": count, "batches": batches_seen}
 
 
 def write_samples(run: Run, params: dict, workdir: str, step: int) -> list[str]:
-    """Samples with the current EMA params; writes `samples/step_<N>.txt`, returns texts."""
+    """Samples with the current EMA params; writes `samples/step_<N>.txt` and returns the
+    texts (images: `write_image_samples`, returns the paths written)."""
+    if config_lib.is_image(run.config):
+        return write_image_samples(run, params, workdir, step)
     c = run.config.sample
     tokens = generate(run.graphdef, params, run.model_cfg, jax.random.key(run.config.seed + step),
                       num_samples=c.num_samples, steps=c.steps, bos_id=run.data.tokenizer.bos_id,
@@ -189,6 +264,75 @@ def write_samples(run: Run, params: dict, workdir: str, step: int) -> list[str]:
         with open(os.path.join(workdir, "samples", f"step_{step}.txt"), "w") as f:
             f.write("\n\n".join(f"=== sample {i} ===\n{t}" for i, t in enumerate(texts)) + "\n")
     return texts
+
+
+def grid_labels(num_classes: int, per_class: int, classes: list[int] | None = None
+                ) -> np.ndarray:
+    """int32 [len(classes) * per_class]: each class repeated per_class times, class by class
+    (one grid row per class). Default classes: all when <= 10, else 10 spread evenly."""
+    if classes is None:
+        classes = (list(range(num_classes)) if num_classes <= 10 else
+                   np.linspace(0, num_classes - 1, 10).round().astype(int).tolist())
+    return np.repeat(np.asarray(classes, np.int32), per_class)
+
+
+def image_samples(graphdef: nnx.GraphDef, params: dict, model_cfg: ModelConfig, key: jax.Array,
+                  labels: np.ndarray, batch_size: int, **sampler) -> np.ndarray:
+    """int32 [M, N] samples of `labels` (int [M]) on the host, `batch_size` at a time.
+
+    Batch i draws with `fold_in(key, i)`; the last batch is padded to `batch_size` (one
+    compiled shape). `sampler`: `sample_images`' settings (steps, order, temperature, cfg_w,
+    release_quirk, bucket).
+    """
+    from pgm_jax.sampling.image import sample_images  # noqa: PLC0415  (image runs only)
+
+    out = []
+    for i, start in enumerate(range(0, len(labels), batch_size)):
+        chunk = np.asarray(labels[start:start + batch_size], np.int32)
+        padded = np.pad(chunk, (0, batch_size - len(chunk)))
+        codes = sample_images(graphdef, params, model_cfg, jax.random.fold_in(key, i),
+                              labels=jnp.asarray(padded), **sampler)
+        out.append(np.asarray(jax.device_get(codes))[:len(chunk)])
+    return np.concatenate(out).astype(np.int32)
+
+
+def sampler_settings(sample_cfg: ConfigDict) -> dict:
+    """`sample_images`' keyword arguments from `config.sample`."""
+    return {k: sample_cfg[k] for k in ("steps", "order", "temperature", "cfg_w",
+                                       "release_quirk", "bucket")}
+
+
+def save_image_samples(prefix: str, codes: np.ndarray, labels: np.ndarray,
+                       pixels: np.ndarray | None, per_row: int, **extra) -> list[str]:
+    """Writes `prefix.npz` (codes int32 [M, N], labels int32 [M], and `extra` arrays) and,
+    when `pixels` (float [M, H, W] or [M, H, W, C] in [0, 1]) is given, `prefix.png`: a grid
+    of `per_row` images per row, small images upscaled to >= 32 pixels (8x8 digits: 4x).
+    Returns the paths written."""
+    from pgm_jax.eval.grid import save_grid  # noqa: PLC0415  (image runs only)
+
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    np.savez(prefix + ".npz", codes=codes.astype(np.int32), labels=labels.astype(np.int32),
+             **extra)
+    paths = [prefix + ".npz"]
+    if pixels is not None:
+        save_grid(pixels, prefix + ".png", per_row, pad=2,
+                  upscale=max(1, 32 // pixels.shape[1]), value_range=(0.0, 1.0), pad_value=96)
+        paths.append(prefix + ".png")
+    return paths
+
+
+def write_image_samples(run: Run, params: dict, workdir: str, step: int) -> list[str]:
+    """`sample.num_samples` images of each class (one grid row per class) with `params`:
+    `samples/step_<N>.npz` and, for pixel tokens (digits), `samples/step_<N>.png`."""
+    c, m = run.config.sample, run.model_cfg
+    labels = grid_labels(m.num_classes, c.num_samples)
+    codes = image_samples(run.graphdef, params, m, jax.random.key(run.config.seed + step),
+                          labels, c.batch_size, **sampler_settings(c))
+    if jax.process_index() != 0:
+        return []
+    prefix = os.path.join(workdir, "samples", f"step_{step:06d}")
+    return save_image_samples(prefix, codes, labels, run.data.pixels(codes), c.num_samples,
+                              step=np.int64(step))
 
 
 def train(config: ConfigDict, workdir: str) -> dict:
@@ -234,13 +378,8 @@ def train(config: ConfigDict, workdir: str) -> dict:
 
 def _loop(run: Run, workdir: str, state: TrainState, it, ckpt: checkpoint.Checkpointer,
           writer: MetricsWriter, profile: ProfileWindow, preemption: PreemptionWatch) -> dict:
-    config, tc = run.config, run.config.train
-    loss_fn = LOSSES[config.algo]
-    train_step = jit_train_step(
-        make_train_step(run.graphdef, loss_fn, run.tx, config.optim.ema_decay,
-                        tc.grad_accum, sharding.data_parallel_size(run.mesh)),
-        run.shardings, run.mesh)
-    eval_step = jit_eval_step(make_eval_step(run.graphdef, loss_fn), run.shardings.ema, run.mesh)
+    tc = run.config.train
+    train_step, eval_step = jit_steps(run)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("%s model: %.2fM parameters; mesh %s; global batch %d x %d tokens",
                  run.model_cfg.kind, n_params / 1e6, dict(run.mesh.shape), tc.batch_size,
@@ -282,7 +421,8 @@ def _loop(run: Run, workdir: str, state: TrainState, it, ckpt: checkpoint.Checkp
             jax.block_until_ready(state)
             with progress.phase("sample"):
                 texts = write_samples(run, state.ema, workdir, step)
-            logging.info("sample at step %d: %s", step, texts[0][:200].replace("\n", " "))
+            if texts:
+                logging.info("sample at step %d: %s", step, texts[0][:200].replace("\n", " "))
         if step % tc.checkpoint_every == 0 or step == tc.num_steps or preempted:
             jax.block_until_ready(state)
             with progress.phase("checkpoint"):
@@ -335,8 +475,12 @@ def _log_train(progress: Progress, writer: MetricsWriter, window: list, mode: st
 def _eval_and_log(run: Run, eval_step, state: TrainState, writer: MetricsWriter, step: int
                   ) -> dict:
     ev = evaluate(run, eval_step, state.ema, run.config.train.eval_batches)
-    logging.info("eval step %d: val nll %.4f | ppl %.2f | %d tokens", step, ev["nll"], ev["ppl"],
-                 ev["tokens"])
+    if "ppl" in ev:
+        logging.info("eval step %d: val nll %.4f | ppl %.2f | %d tokens", step, ev["nll"],
+                     ev["ppl"], ev["tokens"])
+    else:
+        logging.info("eval step %d: val nll %.4f nats/token (%.4f bits) | %d images", step,
+                     ev["nll"], ev["bits_per_token"], ev["images"])
     writer.write(step, "eval", ev)
     return ev
 
