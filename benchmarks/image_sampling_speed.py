@@ -1,6 +1,6 @@
 """Image sampling speed: PGM vs MaskGIT at ImageNet token shapes (spec pgm_image §4.3, §4.6).
 
-  python -m benchmarks.image_sampling_speed --preset=cpu     # 2-core CPU, a few minutes
+  python -m benchmarks.image_sampling_speed --preset=cpu     # 2-core CPU, ~20 minutes
   python -m benchmarks.image_sampling_speed --preset=paper   # accelerator: the paper's models
 
 Both presets sample N = 1024 tokens (32 x 32 VQ-8 grid, codebook 16384, 1000 classes) in 32

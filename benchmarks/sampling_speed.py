@@ -1,6 +1,6 @@
 """Sampling speed: PGM vs MDLM at matched shapes (spec §6.3), 128 steps, warm-up excluded.
 
-  python -m benchmarks.sampling_speed --preset=cpu     # 2-core CPU, under 15 minutes
+  python -m benchmarks.sampling_speed --preset=cpu     # 2-core CPU, ~22 min (--batches 1: ~6)
   python -m benchmarks.sampling_speed --preset=paper   # accelerator: the paper's models
   python -m benchmarks.sampling_speed --preset=cpu --bucket_study  # encoder buckets vs padding
 

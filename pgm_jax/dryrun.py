@@ -98,16 +98,20 @@ def dry_run(config: ConfigDict, devices: list | None = None) -> MemoryReport:
     devices = list(devices) if devices is not None else jax.devices()
     mesh = loop.build_mesh(config, devices)
     vocab, mask = config.model.vocab_size, config.model.mask_index
-    if vocab == -1:  # a sentencepiece tokenizer: data.vocab_size pieces + the appended MASK
-        vocab, mask = config.data.vocab_size + 1, config.data.vocab_size
-    model_cfg = config_lib.model_config(config, vocab_size=vocab, mask_index=mask)
+    if config_lib.is_image(config):  # from model.codebook_size
+        model_cfg = config_lib.model_config(config)
+    else:
+        if vocab == -1:  # a sentencepiece tokenizer: data.vocab_size pieces + appended MASK
+            vocab, mask = config.data.vocab_size + 1, config.data.vocab_size
+        model_cfg = config_lib.model_config(config, vocab_size=vocab, mask_index=mask)
     graphdef, shardings, tx = loop.abstract_training(config, model_cfg, mesh)
     seed = config.seed
     state = checkpoint.abstract(
         jax.eval_shape(lambda: init_state(build_model(model_cfg, seed), tx, seed)), shardings)
-    rows = (config.train.batch_size, model_cfg.length)
-    batch = {k: jax.ShapeDtypeStruct(rows, jnp.int32, sharding=sharding.batch_sharding(mesh))
-             for k in ("tokens", "valid")}
+    b, shapes = config.train.batch_size, {"tokens": (config.train.batch_size, model_cfg.length)}
+    shapes.update({"label": (b,)} if config_lib.is_image(config) else {"valid": shapes["tokens"]})
+    batch = {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=sharding.batch_sharding(mesh, len(v)))
+             for k, v in shapes.items()}
     step = make_train_step(graphdef, LOSSES[config.algo], tx, config.optim.ema_decay,
                            config.train.grad_accum, sharding.data_parallel_size(mesh))
     compiled = jit_train_step(step, shardings, mesh).lower(state, batch).compile()

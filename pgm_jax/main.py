@@ -65,7 +65,9 @@ def main(argv: list[str]) -> None:
               "to resume")
         return
     ev = result.get("eval", {})
-    print(f"done: step {result['step']}, val ppl {ev.get('ppl', float('nan')):.2f}")
+    shown = (f"val ppl {ev['ppl']:.2f}" if "ppl" in ev else  # images: nats per token
+             f"val nll {ev.get('nll', float('nan')):.4f}")
+    print(f"done: step {result['step']}, {shown}")
 
 
 if __name__ == "__main__":

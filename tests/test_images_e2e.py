@@ -90,7 +90,7 @@ def test_digits_batches_exact_eval_and_resumable_train():
     assert weight.sum() == len(data.val) == 185
     np.testing.assert_array_equal(rows[weight > 0], data.val.tokens)
     last = parts[1][-1]
-    assert last["weight"][-1] == 0 and last["valid"][-1].sum() == 0
+    assert last["weight"][-1] == 0 and last["tokens"][-1].sum() == 0 and "label" in last
 
 
 def test_data_must_fit_the_model_keys():

@@ -14,13 +14,19 @@ import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
+from pgm_jax.config import IMAGE_ALGOS
 from pgm_jax.data import load_text_data
+from pgm_jax.data.images import load_image_data
 from pgm_jax.data.pipeline import auto_worker_count
 
 
 def run_benchmark(config: ConfigDict, workdir: str) -> dict:
     """Times this process's train batches; returns examples/s, tokens/s and the setup."""
-    data = load_text_data(config.data, config.model.length, workdir)
+    if config.algo in IMAGE_ALGOS:
+        data = load_image_data(config.data, config.model.length, config.model.codebook_size,
+                               config.model.num_classes)
+    else:
+        data = load_text_data(config.data, config.model.length, workdir)
     workers = config.data.worker_count
     it = data.train_iterator(config.train.batch_size, config.seed, jax.process_index(),
                              jax.process_count(), workers)
@@ -30,7 +36,7 @@ def run_benchmark(config: ConfigDict, workdir: str) -> dict:
     for _ in range(config.data.benchmark_batches):
         batch = next(it)
         examples += len(batch["tokens"])
-        tokens += int(np.sum(batch["valid"]))
+        tokens += int(np.sum(batch["valid"])) if "valid" in batch else batch["tokens"].size
     seconds = time.perf_counter() - start
     result = {
         "source": config.data.source, "batches": config.data.benchmark_batches,

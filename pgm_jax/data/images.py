@@ -18,7 +18,6 @@ import math
 import os
 from collections.abc import Iterator
 
-import grain
 import ml_collections
 import numpy as np
 from absl import logging
@@ -27,7 +26,7 @@ from pgm_jax.data.errors import DataError
 from pgm_jax.data.examples import Example, Examples
 from pgm_jax.data.pipeline import (
     Batch,
-    _local_batch_size,
+    eval_batches,
     num_eval_batches,
     train_iterator,
 )
@@ -100,47 +99,6 @@ class ImageData:
         """int[B, N] tokens -> float32 [B, side, side] intensities in [0, 1], or None where
         tokens are VQ codes (decoding them needs the VQ model)."""
         return digits_pixels(tokens) if self.source == "digits" else None
-
-
-class _EvalRows:
-    """int[B_local] row indices -> a local eval batch; indices past the data are padding."""
-
-    def __init__(self, examples: Examples):
-        self.examples = examples
-        first = examples[0]
-        self.blank = {k: np.zeros_like(first[k]) for k in ("tokens", "label")}
-
-    def __call__(self, indices: np.ndarray) -> Batch:
-        n = len(self.examples)
-        rows = [self.examples[int(i)] if i < n else self.blank for i in indices]
-        tokens = np.stack([r["tokens"] for r in rows]).astype(np.int32)
-        real = indices < n
-        return {"tokens": tokens, "label": np.stack([r["label"] for r in rows]).astype(np.int32),
-                "valid": np.broadcast_to(real[:, None], tokens.shape).astype(np.int32),
-                "weight": real.astype(np.float32)}
-
-
-def eval_batches(examples: Examples, batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[Batch]:
-    """Visits every image exactly once, in order, in global batches of `batch_size`.
-
-    As `pipeline.eval_batches` for text: the data is padded with blank rows up to
-    num_eval_batches(M, batch_size) * batch_size rows, every process yields the same number
-    of batches, and process p reads rows [p * B_local, (p + 1) * B_local) of each.
-
-    Yields:
-      {"tokens": int32[B_local, N], "label": int32[B_local], "valid": int32[B_local, N] (0 on
-      padding rows), "weight": float32[B_local] (1 real, 0 padding)}.
-    """
-    local = _local_batch_size(batch_size, process_index, process_count)
-    num_rows = num_eval_batches(len(examples), batch_size) * batch_size
-    batches = (
-        grain.MapDataset.range(num_rows)
-        .batch(local)[process_index::process_count]
-        .map(_EvalRows(examples))
-        .to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4))
-    )
-    yield from batches
 
 
 def digits_pixels(tokens: np.ndarray) -> np.ndarray:

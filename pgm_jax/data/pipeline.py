@@ -128,7 +128,7 @@ def train_iterator(
         if examples.ndim != 2 or len(examples) == 0:
             raise ValueError(f"need int[N >= 1, L] train blocks, got shape {examples.shape}")
         examples = BlockExamples(examples)
-    local = _local_batch_size(global_batch_size, process_index, process_count)
+    local = local_batch_size(global_batch_size, process_index, process_count)
     workers = auto_worker_count() if worker_count < 0 else worker_count
     if arrange is None:
         batches = (
@@ -195,19 +195,21 @@ def num_eval_batches(num_examples: int, batch_size: int) -> int:
 
 
 class _EvalRows:
-    """int[B_local] row indices -> a local eval batch; indices past the data are padding rows."""
+    """int[B_local] row indices -> a local eval batch; indices past the data are padding rows
+    (every field zero). Every field of the examples is stacked (text: tokens, valid; images:
+    tokens, label), plus `weight` float32 [B_local]: 1 on real rows, 0 on padding."""
 
     def __init__(self, examples: Examples):
         self.examples = examples
         first = examples[0]
-        self.blank = {k: np.zeros_like(first[k]) for k in ("tokens", "valid")}
+        self.blank = {k: np.zeros_like(v) for k, v in first.items()}
 
     def __call__(self, indices: np.ndarray) -> Batch:
         n = len(self.examples)
         rows = [self.examples[int(i)] if i < n else self.blank for i in indices]
-        return {"tokens": np.stack([r["tokens"] for r in rows]),
-                "valid": np.stack([r["valid"] for r in rows]),
-                "weight": (indices < n).astype(np.float32)}
+        batch = {k: np.stack([r[k] for r in rows]) for k in self.blank}
+        batch["weight"] = (indices < n).astype(np.float32)
+        return batch
 
 
 def eval_batches(
@@ -217,21 +219,22 @@ def eval_batches(
     """Visits every example exactly once, in order, in global batches of `batch_size`.
 
     The data is padded with zero rows up to num_eval_batches(M, batch_size) * batch_size rows;
-    padding rows have `valid` all 0 and `weight` 0, so they count for nothing. Every process
-    yields the same number of batches.
+    padding rows have every field 0 (text: `valid` all 0) and `weight` 0, so they count for
+    nothing. Every process yields the same number of batches.
 
     Args:
-      examples: M fixed-length rows ({"tokens", "valid"}); an int[M, L] array stands for
-        wrapped blocks.
+      examples: M fixed-length rows (text {"tokens", "valid"}, images {"tokens", "label"});
+        an int[M, L] array stands for wrapped blocks.
       batch_size: B, the global batch size; divisible by process_count.
 
     Yields:
-      {"tokens": int32[B_local, L], "valid": int32[B_local, L], "weight": float32[B_local]},
-      B_local = B / process_count: rows [p * B_local, (p + 1) * B_local) of each global batch.
+      the examples' fields stacked ({"tokens": int32[B_local, L], "valid": int32[B_local, L]}
+      for text) and "weight": float32[B_local], B_local = B / process_count: rows
+      [p * B_local, (p + 1) * B_local) of each global batch.
     """
     if isinstance(examples, np.ndarray):
         examples = BlockExamples(examples)
-    local = _local_batch_size(batch_size, process_index, process_count)
+    local = local_batch_size(batch_size, process_index, process_count)
     num_rows = num_eval_batches(len(examples), batch_size) * batch_size
     batches = (
         grain.MapDataset.range(num_rows)
@@ -242,7 +245,7 @@ def eval_batches(
     yield from batches
 
 
-def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+def local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
     """global_batch_size / process_count, after checking the arguments."""
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")

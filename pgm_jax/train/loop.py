@@ -175,24 +175,17 @@ def jit_steps(run: Run) -> tuple:
     """(train_step, eval_step) of `run`'s algorithm, jitted on its mesh and shardings.
 
     train_step(state, batch) -> (state, metrics); eval_step(params, batch, key) -> (sum of
-    token NLLs, tokens). Text batches are {"tokens", "valid"} [B, L] (`step.jit_train_step`);
-    image batches add "label" [B], so their leaves are sharded by the batch axis only.
+    token NLLs, tokens). Text batches are {"tokens", "valid"} [B, L]; image batches
+    {"tokens" [B, N], "label" [B]} (+ "weight" [B] for evaluation).
     """
     config, tc = run.config, run.config.train
     loss_fn = LOSSES[config.algo]
     train_fn = make_train_step(run.graphdef, loss_fn, run.tx, config.optim.ema_decay,
                                tc.grad_accum, sharding.data_parallel_size(run.mesh))
-    if not config_lib.is_image(config):
-        return (jit_train_step(train_fn, run.shardings, run.mesh),
-                jit_eval_step(make_eval_step(run.graphdef, loss_fn), run.shardings.ema, run.mesh))
-    rows = sharding.batch_sharding(run.mesh, 1)  # a prefix for [B] and [B, N] leaves alike
-    rep = sharding.replicated(run.mesh)
-    train_step = jax.jit(sharding.traced_under(run.mesh, train_fn),
-                         in_shardings=(run.shardings, rows), out_shardings=(run.shardings, rep),
-                         donate_argnums=(0,))
-    eval_step = jax.jit(sharding.traced_under(run.mesh, image_eval_step(run.graphdef, loss_fn)),
-                        in_shardings=(run.shardings.ema, rows, rep), out_shardings=(rep, rep))
-    return train_step, eval_step
+    eval_fn = (image_eval_step if config_lib.is_image(config) else make_eval_step)(
+        run.graphdef, loss_fn)
+    return (jit_train_step(train_fn, run.shardings, run.mesh),
+            jit_eval_step(eval_fn, run.shardings.ema, run.mesh))
 
 
 def image_eval_step(graphdef: nnx.GraphDef, loss_fn):

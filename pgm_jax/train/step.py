@@ -258,16 +258,18 @@ def jit_train_step(step_fn, shardings: TrainState, mesh: Mesh):
 
     Traced under the mesh so the models' activation constraints (`sharding.constrain`) apply.
     """
-    # One sharding for every [B, L] leaf of the batch: tokens, valid and, for packed data,
-    # segment_ids.
-    batch_sh = sharding.batch_sharding(mesh)
+    # One sharding for every leaf of the batch, whatever its rank (text: tokens, valid and,
+    # for packed data, segment_ids [B, L]; images: tokens [B, N], label [B]): the leading
+    # axis over the batch axes, the rest replicated.
+    batch_sh = sharding.batch_sharding(mesh, 1)
     metric_sh = NamedSharding(mesh, P())
     return jax.jit(sharding.traced_under(mesh, step_fn), in_shardings=(shardings, batch_sh),
                    out_shardings=(shardings, metric_sh), donate_argnums=(0,))
 
 
 def jit_eval_step(eval_fn, param_shardings, mesh: Mesh):
-    batch_sh = {k: sharding.batch_sharding(mesh) for k in ("tokens", "valid")}
+    """eval_fn(params, batch, key) jitted with the batch split like `jit_train_step`'s."""
     rep = sharding.replicated(mesh)
     return jax.jit(sharding.traced_under(mesh, eval_fn),
-                   in_shardings=(param_shardings, batch_sh, rep), out_shardings=(rep, rep))
+                   in_shardings=(param_shardings, sharding.batch_sharding(mesh, 1), rep),
+                   out_shardings=(rep, rep))
