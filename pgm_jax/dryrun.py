@@ -24,7 +24,7 @@ from ml_collections import ConfigDict
 
 from pgm_jax import checkpoint, sharding
 from pgm_jax import config as config_lib
-from pgm_jax.models import build_model
+from pgm_jax.models import build_model, layers
 from pgm_jax.train import loop
 from pgm_jax.train.step import LOSSES, init_state, jit_train_step, make_train_step
 
@@ -114,7 +114,8 @@ def dry_run(config: ConfigDict, devices: list | None = None) -> MemoryReport:
              for k, v in shapes.items()}
     step = make_train_step(graphdef, LOSSES[config.algo], tx, config.optim.ema_decay,
                            config.train.grad_accum, sharding.data_parallel_size(mesh))
-    compiled = jit_train_step(step, shardings, mesh).lower(state, batch).compile()
+    with layers.no_cpu_attention_chunking():  # the target's layout, not this host's
+        compiled = jit_train_step(step, shardings, mesh).lower(state, batch).compile()
     mem = compiled.memory_analysis()
     kind = devices[0].device_kind
     return MemoryReport(

@@ -117,3 +117,25 @@ def test_partition_rate_follows_schedule():
     t = jnp.full((4096,), 0.3)
     g = np.asarray(objectives.sample_partition(jax.random.key(1), t, (4096, 16)))
     assert abs(g.mean() - (1 - 1e-3) * 0.3) < 0.01
+
+
+def test_cpu_query_chunks_equal_one_block_including_empty_rows():
+    """masked_attention's CPU query chunking (scores above 16 MiB) changes nothing: same
+    outputs as one block, rows without an allowed key are zeros in both."""
+    b, n, h, d = 4, 1024, 4, 8
+    kq, kk, kv, km = jax.random.split(jax.random.key(3), 4)
+    q, k, v = (jax.random.normal(key, (b, n, h, d)) for key in (kq, kk, kv))
+    mask = jax.random.bernoulli(km, 0.3, (b, n, n)).at[:, 5].set(False)  # row 5: no key
+
+    def dots(fn) -> int:
+        return str(jax.make_jaxpr(fn)(q, k, v, mask)).count("dot_general")
+
+    chunked = jax.jit(lambda *a: layers.masked_attention(*a))
+    assert dots(chunked) == 2 * 4  # 256-query chunks: 4 x (scores, values)
+    with layers.no_cpu_attention_chunking():
+        whole = jax.jit(lambda *a: layers.masked_attention(*a))
+        assert dots(whole) == 2
+        out_whole = whole(q, k, v, mask)
+    out_chunked = chunked(q, k, v, mask)
+    np.testing.assert_allclose(out_chunked, out_whole, atol=1e-6)
+    assert not np.asarray(out_chunked[:, 5]).any()

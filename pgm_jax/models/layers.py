@@ -12,6 +12,7 @@ kernel is the transposed torch weight, `[in, out]`; fused projections keep torch
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -212,7 +213,7 @@ def masked_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     b, nq, h = q.shape[:3]
     nk = k.shape[1]
     chunk = max(_CPU_MIN_CHUNK, _CPU_SCORE_BYTES // (4 * b * h * nk))
-    if jax.default_backend() != "cpu" or nq <= chunk:
+    if not _cpu_chunking[0] or jax.default_backend() != "cpu" or nq <= chunk:
         return _attention(q, k, v, mask)
     outs = []
     for start in range(0, nq, chunk):
@@ -222,6 +223,18 @@ def masked_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 
 
 _CPU_SCORE_BYTES = 1 << 24  # 16 MiB of scores per chunk (see masked_attention)
+_cpu_chunking = [True]
+
+
+@contextlib.contextmanager
+def no_cpu_attention_chunking():
+    """Traces attention as one block even on a CPU host: for programs compiled here for other
+    devices (`pgm_jax/dryrun.py`), whose memory figures must not reflect a CPU-only layout."""
+    before, _cpu_chunking[0] = _cpu_chunking[0], False
+    try:
+        yield
+    finally:
+        _cpu_chunking[0] = before
 # Chunks never hold fewer queries: shapes are global under jit (a large batch would otherwise
 # unroll into hundreds of tiny chunks and blow up compile time).
 _CPU_MIN_CHUNK = 128
