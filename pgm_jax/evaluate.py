@@ -182,10 +182,10 @@ def image_fid(workdir: str, config, step: int | None) -> tuple[dict, int]:
     from pgm_jax.data import images  # noqa: PLC0415
     from pgm_jax.eval import fid, inception  # noqa: PLC0415
     from pgm_jax.restore import restore_params  # noqa: PLC0415
-    from pgm_jax.train import loop  # noqa: PLC0415
+    from pgm_jax.sampling import image as image_sampling  # noqa: PLC0415
 
     mcfg = model_config(config)
-    settings = loop.sampler_settings(config.sample)
+    settings = image_sampling.sampler_settings(config.sample)
     settings.update({k: v for k, v in (("steps", _STEPS.value), ("cfg_w", _CFG_W.value),
                                        ("order", _ORDER.value)) if v is not None})
     cli.require(0 < settings["steps"] <= mcfg.length,
@@ -206,8 +206,8 @@ def image_fid(workdir: str, config, step: int | None) -> tuple[dict, int]:
     # One chunk of samples at a time: codes -> pixels -> Inception, nothing kept but the sums.
     chunk = batch * max(1, 1024 // batch)
     for i, start in enumerate(range(0, num, chunk)):
-        codes = loop.image_samples(graphdef, params, mcfg, jax.random.fold_in(key, i),
-                                   labels[start:start + chunk], batch, **settings)
+        codes = image_sampling.image_samples(graphdef, params, mcfg, jax.random.fold_in(key, i),
+                                             labels[start:start + chunk], batch, **settings)
         f, logits = extract(images.vq_pixels(vq, codes) * 2.0 - 1.0)
         feats.update(f)
         scores.update(logits)

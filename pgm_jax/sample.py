@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
 def image_settings(config, model_cfg) -> dict:
     """The run's `sample.*` image settings overridden by the flags given; checked."""
     from pgm_jax.sampling.from_run import on_current_schema  # noqa: PLC0415
-    from pgm_jax.train.loop import sampler_settings  # noqa: PLC0415
+    from pgm_jax.sampling.image import sampler_settings  # noqa: PLC0415
 
     s = sampler_settings(on_current_schema(config).sample)
     given = {"steps": _STEPS.value, "order": _ORDER.value, "temperature": _TEMP.value,
@@ -137,9 +137,10 @@ def sample_images(workdir: str, config) -> None:
     from pgm_jax import sharding  # noqa: PLC0415
     from pgm_jax.config import model_config  # noqa: PLC0415
     from pgm_jax.data import images  # noqa: PLC0415
+    from pgm_jax.eval import grid  # noqa: PLC0415
     from pgm_jax.restore import restore_params  # noqa: PLC0415
+    from pgm_jax.sampling import image as image_sampling  # noqa: PLC0415
     from pgm_jax.sampling.from_run import on_current_schema  # noqa: PLC0415
-    from pgm_jax.train import loop  # noqa: PLC0415
 
     mcfg = model_config(config)
     settings = image_settings(config, mcfg)
@@ -147,7 +148,8 @@ def sample_images(workdir: str, config) -> None:
     batch = _BATCH.value or on_current_schema(config).sample.batch_size
     cli.require(per_class > 0, f"--num_samples={per_class}: must be positive")
     cli.require(batch > 0, f"--batch_size={batch}: must be positive")
-    labels = loop.grid_labels(mcfg.num_classes, per_class, image_classes(mcfg.num_classes))
+    labels = image_sampling.grid_labels(mcfg.num_classes, per_class,
+                                        image_classes(mcfg.num_classes))
     source = config.data.source
     cli.require(not (_VQ.value and source == "digits"), "--vq decodes VQ codes, but "
                 f"{workdir} is a digits run (its tokens are pixel levels)")
@@ -158,8 +160,8 @@ def sample_images(workdir: str, config) -> None:
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     graphdef, params, step = restore_params(workdir, mcfg, mesh, _STEP.value, item="ema")
     t0 = time.perf_counter()
-    codes = loop.image_samples(graphdef, params, mcfg, jax.random.key(_SEED.value), labels,
-                               batch, **settings)
+    codes = image_sampling.image_samples(graphdef, params, mcfg, jax.random.key(_SEED.value),
+                                         labels, batch, **settings)
     seconds = time.perf_counter() - t0
     if source == "digits":
         pixels = images.digits_pixels(codes)
@@ -168,7 +170,7 @@ def sample_images(workdir: str, config) -> None:
     prefix = _OUTPUT.value or os.path.join(workdir, "samples")
     paths = []
     if jax.process_index() == 0:
-        paths = loop.save_image_samples(prefix, codes, labels, pixels, per_class,
+        paths = grid.save_image_samples(prefix, codes, labels, pixels, per_class,
                                         step=np.int64(step), settings=json.dumps(settings))
     counts = np.bincount(labels, minlength=mcfg.num_classes)
     print(f"step {step}: {len(codes)} samples ({int(counts.max())} per class, classes "

@@ -103,3 +103,20 @@ def class_grid(samples_by_class: Mapping[object, np.ndarray] | Sequence[np.ndarr
     if path is not None:
         save_png(grid, path)
     return grid
+
+
+def save_image_samples(prefix: str, codes: np.ndarray, labels: np.ndarray,
+                       pixels: np.ndarray | None, per_row: int, **extra) -> list[str]:
+    """Writes `prefix.npz` (codes int32 [M, N], labels int32 [M], and `extra` arrays) and,
+    when `pixels` (float [M, H, W] or [M, H, W, C] in [0, 1]) is given, `prefix.png`: a grid
+    of `per_row` images per row, small images upscaled to >= 32 pixels (8x8 digits: 4x).
+    Returns the paths written."""
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    np.savez(prefix + ".npz", codes=codes.astype(np.int32), labels=labels.astype(np.int32),
+             **extra)
+    paths = [prefix + ".npz"]
+    if pixels is not None:
+        save_grid(pixels, prefix + ".png", per_row, pad=2,
+                  upscale=max(1, 32 // pixels.shape[1]), value_range=(0.0, 1.0), pad_value=96)
+        paths.append(prefix + ".png")
+    return paths

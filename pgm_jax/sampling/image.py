@@ -291,3 +291,37 @@ def _pgm_step_body(graphdef, params, labels, key, decoded, count, w, temp, noise
 def _finish(packed: Array, positions: Array, codebook_size: int) -> Array:
     """Reveal order -> raster codes int32 [B, N]: scatter, drop BOS, clamp into the codebook."""
     return jnp.clip(pgm.to_natural_order(packed, positions)[:, 1:], 0, codebook_size - 1)
+
+
+def grid_labels(num_classes: int, per_class: int, classes: list[int] | None = None
+                ) -> np.ndarray:
+    """int32 [len(classes) * per_class]: each class repeated per_class times, class by class
+    (one grid row per class). Default classes: all when <= 10, else 10 spread evenly."""
+    if classes is None:
+        classes = (list(range(num_classes)) if num_classes <= 10 else
+                   np.linspace(0, num_classes - 1, 10).round().astype(int).tolist())
+    return np.repeat(np.asarray(classes, np.int32), per_class)
+
+
+def image_samples(graphdef: nnx.GraphDef, params: dict, model_cfg: ModelConfig, key: jax.Array,
+                  labels: np.ndarray, batch_size: int, **sampler) -> np.ndarray:
+    """int32 [M, N] samples of `labels` (int [M]) on the host, `batch_size` at a time.
+
+    Batch i draws with `fold_in(key, i)`; the last batch is padded to `batch_size` (one
+    compiled shape). `sampler`: `sample_images`' settings (steps, order, temperature, cfg_w,
+    release_quirk, bucket).
+    """
+    out = []
+    for i, start in enumerate(range(0, len(labels), batch_size)):
+        chunk = np.asarray(labels[start:start + batch_size], np.int32)
+        padded = np.pad(chunk, (0, batch_size - len(chunk)))
+        codes = sample_images(graphdef, params, model_cfg, jax.random.fold_in(key, i),
+                              labels=jnp.asarray(padded), **sampler)
+        out.append(np.asarray(jax.device_get(codes))[:len(chunk)])
+    return np.concatenate(out).astype(np.int32)
+
+
+def sampler_settings(sample_cfg) -> dict:
+    """`sample_images`' keyword arguments from `config.sample` (a ConfigDict)."""
+    return {k: sample_cfg[k] for k in ("steps", "order", "temperature", "cfg_w",
+                                       "release_quirk", "bucket")}

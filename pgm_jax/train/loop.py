@@ -25,10 +25,12 @@ from pgm_jax import checkpoint, distributed, sharding
 from pgm_jax import config as config_lib
 from pgm_jax.data import TextData, load_text_data
 from pgm_jax.data.images import ImageData, load_image_data
+from pgm_jax.eval import grid
 from pgm_jax.metrics import TB_DIR, MetricsWriter, NonFiniteError, Progress, nonfinite
 from pgm_jax.models import ModelConfig, build_model
 from pgm_jax.restore import CHECKPOINT_DIR
 from pgm_jax.sampling import generate
+from pgm_jax.sampling import image as image_sampling
 from pgm_jax.tensorboard import ProfileWindow
 from pgm_jax.train import optim
 from pgm_jax.train.preemption import PreemptionWatch
@@ -259,72 +261,18 @@ def write_samples(run: Run, params: dict, workdir: str, step: int) -> list[str]:
     return texts
 
 
-def grid_labels(num_classes: int, per_class: int, classes: list[int] | None = None
-                ) -> np.ndarray:
-    """int32 [len(classes) * per_class]: each class repeated per_class times, class by class
-    (one grid row per class). Default classes: all when <= 10, else 10 spread evenly."""
-    if classes is None:
-        classes = (list(range(num_classes)) if num_classes <= 10 else
-                   np.linspace(0, num_classes - 1, 10).round().astype(int).tolist())
-    return np.repeat(np.asarray(classes, np.int32), per_class)
-
-
-def image_samples(graphdef: nnx.GraphDef, params: dict, model_cfg: ModelConfig, key: jax.Array,
-                  labels: np.ndarray, batch_size: int, **sampler) -> np.ndarray:
-    """int32 [M, N] samples of `labels` (int [M]) on the host, `batch_size` at a time.
-
-    Batch i draws with `fold_in(key, i)`; the last batch is padded to `batch_size` (one
-    compiled shape). `sampler`: `sample_images`' settings (steps, order, temperature, cfg_w,
-    release_quirk, bucket).
-    """
-    from pgm_jax.sampling.image import sample_images  # noqa: PLC0415  (image runs only)
-
-    out = []
-    for i, start in enumerate(range(0, len(labels), batch_size)):
-        chunk = np.asarray(labels[start:start + batch_size], np.int32)
-        padded = np.pad(chunk, (0, batch_size - len(chunk)))
-        codes = sample_images(graphdef, params, model_cfg, jax.random.fold_in(key, i),
-                              labels=jnp.asarray(padded), **sampler)
-        out.append(np.asarray(jax.device_get(codes))[:len(chunk)])
-    return np.concatenate(out).astype(np.int32)
-
-
-def sampler_settings(sample_cfg: ConfigDict) -> dict:
-    """`sample_images`' keyword arguments from `config.sample`."""
-    return {k: sample_cfg[k] for k in ("steps", "order", "temperature", "cfg_w",
-                                       "release_quirk", "bucket")}
-
-
-def save_image_samples(prefix: str, codes: np.ndarray, labels: np.ndarray,
-                       pixels: np.ndarray | None, per_row: int, **extra) -> list[str]:
-    """Writes `prefix.npz` (codes int32 [M, N], labels int32 [M], and `extra` arrays) and,
-    when `pixels` (float [M, H, W] or [M, H, W, C] in [0, 1]) is given, `prefix.png`: a grid
-    of `per_row` images per row, small images upscaled to >= 32 pixels (8x8 digits: 4x).
-    Returns the paths written."""
-    from pgm_jax.eval.grid import save_grid  # noqa: PLC0415  (image runs only)
-
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    np.savez(prefix + ".npz", codes=codes.astype(np.int32), labels=labels.astype(np.int32),
-             **extra)
-    paths = [prefix + ".npz"]
-    if pixels is not None:
-        save_grid(pixels, prefix + ".png", per_row, pad=2,
-                  upscale=max(1, 32 // pixels.shape[1]), value_range=(0.0, 1.0), pad_value=96)
-        paths.append(prefix + ".png")
-    return paths
-
-
 def write_image_samples(run: Run, params: dict, workdir: str, step: int) -> list[str]:
     """`sample.num_samples` images of each class (one grid row per class) with `params`:
     `samples/step_<N>.npz` and, for pixel tokens (digits), `samples/step_<N>.png`."""
     c, m = run.config.sample, run.model_cfg
-    labels = grid_labels(m.num_classes, c.num_samples)
-    codes = image_samples(run.graphdef, params, m, jax.random.key(run.config.seed + step),
-                          labels, c.batch_size, **sampler_settings(c))
+    labels = image_sampling.grid_labels(m.num_classes, c.num_samples)
+    codes = image_sampling.image_samples(run.graphdef, params, m,
+                                         jax.random.key(run.config.seed + step), labels,
+                                         c.batch_size, **image_sampling.sampler_settings(c))
     if jax.process_index() != 0:
         return []
     prefix = os.path.join(workdir, "samples", f"step_{step:06d}")
-    return save_image_samples(prefix, codes, labels, run.data.pixels(codes), c.num_samples,
+    return grid.save_image_samples(prefix, codes, labels, run.data.pixels(codes), c.num_samples,
                               step=np.int64(step))
 
 
