@@ -271,9 +271,10 @@ def real_maskgit():
     return (cfg, *split(randomized_model(cfg)))
 
 
-@pytest.mark.parametrize("order", image.ORDERS)
-def test_pgm_seed_bucket_and_cfg_invariances(real_pgm, order):
-    cfg, graphdef, params = real_pgm
+def check_seed_and_cfg_invariances(cfg, graphdef, params, order, unguided_doubled):
+    """Same seed -> same sample, another seed -> another; w = 0 through the doubled CFG batch
+    (`unguided_doubled`, the kind's sampler with guided=True) samples what the conditional
+    model samples; w = 3 changes the sample. Returns the base sample."""
     kw = dict(labels=LABELS, steps=4, order=order)
     base = np.asarray(image.sample_images(graphdef, params, cfg, jax.random.key(3), **kw))
     assert base.shape == (2, 16) and base.min() >= 0 and base.max() < cfg.codebook_size
@@ -281,32 +282,28 @@ def test_pgm_seed_bucket_and_cfg_invariances(real_pgm, order):
     np.testing.assert_array_equal(np.asarray(again), base)  # same seed, same sample
     other = image.sample_images(graphdef, params, cfg, jax.random.key(4), **kw)
     assert not np.array_equal(np.asarray(other), base)
-    # The default bucket pads every step to the full length; bucket 8 compiles 2 shapes.
-    small = image.sample_images(graphdef, params, cfg, jax.random.key(3), bucket=8, **kw)
-    np.testing.assert_array_equal(np.asarray(small), base)
-    # w = 0 through the doubled CFG batch samples what the conditional model samples.
-    doubled = image.sample_pgm(graphdef, params, cfg, jax.random.key(3), temperature=1.0,
+    doubled = unguided_doubled(graphdef, params, cfg, jax.random.key(3), temperature=1.0,
                                cfg_w=0.0, guided=True, **kw)
     np.testing.assert_array_equal(np.asarray(doubled), base)
     guided = image.sample_images(graphdef, params, cfg, jax.random.key(3), cfg_w=3.0, **kw)
     assert not np.array_equal(np.asarray(guided), base)
+    return base
+
+
+@pytest.mark.parametrize("order", image.ORDERS)
+def test_pgm_seed_bucket_and_cfg_invariances(real_pgm, order):
+    cfg, graphdef, params = real_pgm
+    base = check_seed_and_cfg_invariances(cfg, graphdef, params, order, image.sample_pgm)
+    # The default bucket pads every step to the full length; bucket 8 compiles 2 shapes.
+    small = image.sample_images(graphdef, params, cfg, jax.random.key(3), bucket=8,
+                                labels=LABELS, steps=4, order=order)
+    np.testing.assert_array_equal(np.asarray(small), base)
 
 
 @pytest.mark.parametrize("order", image.ORDERS)
 def test_maskgit_seed_and_cfg_invariances(real_maskgit, order):
     cfg, graphdef, params = real_maskgit
-    kw = dict(labels=LABELS, steps=4, order=order)
-    base = np.asarray(image.sample_images(graphdef, params, cfg, jax.random.key(3), **kw))
-    assert base.shape == (2, 16) and base.min() >= 0 and base.max() < cfg.codebook_size
-    again = image.sample_images(graphdef, params, cfg, jax.random.key(3), **kw)
-    np.testing.assert_array_equal(np.asarray(again), base)
-    other = image.sample_images(graphdef, params, cfg, jax.random.key(4), **kw)
-    assert not np.array_equal(np.asarray(other), base)
-    doubled = image.sample_maskgit(graphdef, params, cfg, jax.random.key(3), temperature=1.0,
-                                   cfg_w=0.0, guided=True, **kw)
-    np.testing.assert_array_equal(np.asarray(doubled), base)
-    guided = image.sample_images(graphdef, params, cfg, jax.random.key(3), cfg_w=3.0, **kw)
-    assert not np.array_equal(np.asarray(guided), base)
+    check_seed_and_cfg_invariances(cfg, graphdef, params, order, image.sample_maskgit)
 
 
 def test_bad_arguments_are_clear(real_pgm):
