@@ -86,6 +86,8 @@ def validate(config: ConfigDict) -> None:
         raise _err("sample.top_p", config.sample.top_p, "must be in (0, 1]")
     if config.sample.temperature < 0:
         raise _err("sample.temperature", config.sample.temperature, "must be >= 0")
+    if is_image(config) and config.sample.temperature == 0:  # it divides logits; 0 = greedy
+        raise _err("sample.temperature", 0.0, "must be > 0 for image runs (no greedy mode)")
     if config.algo == "pgm" and config.model.length % config.sample.steps:
         raise _err("sample.steps", config.sample.steps,
                    f"must divide model.length={config.model.length} (PGM decodes "

@@ -111,7 +111,9 @@ def image_settings(config, model_cfg) -> dict:
     cli.require(0 < s["steps"] <= n, f"--steps={s['steps']}: must be in [1, {n}] (the image "
                 "tokens)")
     cli.require(s["cfg_w"] >= 0, f"--cfg_w={s['cfg_w']}: must be >= 0")
-    cli.require(s["temperature"] >= 0, f"--temperature={s['temperature']}: must be >= 0")
+    # Same meaning as text (logits / temperature); the image samplers have no greedy mode.
+    cli.require(s["temperature"] > 0, f"--temperature={s['temperature']}: must be > 0 for "
+                "image runs (it divides the logits; 0 = greedy exists for text only)")
     return s
 
 

@@ -143,6 +143,7 @@ def test_imagenet_vq_source_and_vq_pixels(fixtures_dir, tmp_path):
     ("data.source", "pydoc", r"config.data.source='pydoc': algo=image_pgm trains on images"),
     ("model.vocab_size", 18, r"config.model.vocab_size=18: algo=image_pgm .* needs 19"),
     ("model.label_dropout", 1.0, r"config.model.label_dropout=1.0: must be in \[0, 1\)"),
+    ("sample.temperature", 0.0, r"config.sample.temperature=0.0: must be > 0 for image runs"),
 ])
 def test_bad_image_keys_name_the_key(key, value, match):
     c = tiny()
@@ -226,6 +227,12 @@ def test_sample_entry_point(pgm_run):
         [sys.executable, "-m", "pgm_jax.sample", f"--workdir={workdir}", "--top_p=0.9"],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--top_p applies to text runs only" in bad.stderr
+    # Temperature divides the logits for text and images alike; images have no greedy 0.
+    bad = subprocess.run(
+        [sys.executable, "-m", "pgm_jax.sample", f"--workdir={workdir}", "--temperature=0"],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--temperature=0.0: must be > 0" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_evaluate_entry_point(pgm_run, tmp_path):

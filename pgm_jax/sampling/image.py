@@ -18,7 +18,8 @@ grouping is the text sampler's (`pgm.plan_segments`, `pgm.default_bucket`).
 
 Conventions: codes int32 [B, N] in raster order (token k at row k // side, col k % side);
 PGM sequence positions are BOS 0 and token k at k + 1. Step i uses `fold_in(key, i)`.
-Temperature multiplies the logits (an inverse temperature, as the reference's `sm_temp`).
+Temperature divides the logits, as in the text samplers (the reference's `sm_temp` multiplier is
+1 / temperature; both are 1 by default). It must be > 0: there is no greedy image mode.
 CFG runs both branches in one doubled batch (labels [y; y], drop flags [False; True]) when
 `cfg_w != 0`. Logits are guided and normalised in float32.
 """
@@ -72,7 +73,7 @@ def sample_images(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: A
     if order not in ORDERS:
         raise ValueError(f"sample.order={order!r}: must be one of {ORDERS}")
     if not temperature > 0:
-        raise ValueError(f"sample.temperature={temperature}: must be > 0 (it multiplies the "
+        raise ValueError(f"sample.temperature={temperature}: must be > 0 (it divides the "
                          "logits)")
     labels = jnp.asarray(labels, jnp.int32)
     if labels.ndim != 1:
@@ -107,13 +108,13 @@ def sample_maskgit(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: 
         rank = np.empty(n, np.int32)
         rank[io.halton_order(io.grid_side(n))] = np.arange(n, dtype=np.int32)
         reveal = io.halton_totals(n, steps).astype(np.int32)
-        temps = io.halton_temperatures(temperature, steps)
+        temps = io.halton_temperatures(1.0 / temperature, steps)
         weights = io.cfg_weights(cfg_w, steps, ramp=False)
         noise = np.zeros(steps, np.float32)
     else:
         rank = np.zeros(n, np.int32)
         reveal = io.maskgit_confidence_k(n, steps)
-        temps = np.full(steps, temperature, np.float32)
+        temps = np.full(steps, 1.0 / temperature, np.float32)
         weights = io.cfg_weights(cfg_w, steps, ramp=True)
         noise = io.gumbel_scales(steps)
     sched = jax.tree.map(jnp.asarray, (rank, reveal, temps, weights, noise))
@@ -202,10 +203,10 @@ def sample_pgm(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: Arra
     positions = jnp.broadcast_to(jnp.asarray(positions), (b, positions.shape[0]))
     packed = jnp.full(positions.shape, model_cfg.codebook_size + 1, jnp.int32)  # BOS
     if order == "halton":
-        temps = io.halton_temperatures(temperature, steps)
+        temps = io.halton_temperatures(1.0 / temperature, steps)
         noise = np.zeros(steps, np.float32)
     else:
-        temps = np.full(steps, temperature, np.float32)
+        temps = np.full(steps, 1.0 / temperature, np.float32)
         noise = io.gumbel_scales(steps)
     weights = io.cfg_weights(cfg_w, steps, ramp=True)
     if compile_only:  # one call per compiled shape, each running no step

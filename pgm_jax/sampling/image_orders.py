@@ -151,10 +151,11 @@ def gumbel_scales(steps: int) -> np.ndarray:
     return (R_TEMP * (1.0 - np.arange(steps) / (steps - 1))).astype(np.float32)
 
 
-def halton_temperatures(temperature: float, steps: int) -> np.ndarray:
-    """float32 [S]: the Halton samplers' logit multipliers linspace(1, temperature, S) (the
-    reference's sm_temp_min = 1 .. sm_temp), step 0 halved (`temp_warmup=1`)."""
-    temps = np.linspace(1.0, temperature, steps).astype(np.float32)
+def halton_temperatures(sm_temp: float, steps: int) -> np.ndarray:
+    """float32 [S]: the Halton samplers' logit multipliers linspace(1, sm_temp, S) (the
+    reference's sm_temp_min = 1 .. sm_temp; sm_temp = 1 / sample.temperature), step 0 halved
+    (`temp_warmup=1`)."""
+    temps = np.linspace(1.0, sm_temp, steps).astype(np.float32)
     temps[0] *= HALTON_WARMUP_SCALE
     return temps
 
