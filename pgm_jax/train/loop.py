@@ -245,7 +245,8 @@ def evaluate(run: Run, eval_fn, params: dict, max_batches: int = 0) -> dict[str,
 
 
 def write_samples(run: Run, params: dict, workdir: str, step: int) -> list[str]:
-    """Samples with the current EMA params; writes `samples/step_<N>.txt` and returns the
+    """Samples with the current EMA params; writes `samples/step_<N>.txt`
+    (N zero-padded to 6 digits, as the image samples) and returns the
     texts (images: `write_image_samples`, returns the paths written)."""
     if config_lib.is_image(run.config):
         return write_image_samples(run, params, workdir, step)
@@ -256,7 +257,7 @@ def write_samples(run: Run, params: dict, workdir: str, step: int) -> list[str]:
     texts = [run.data.tokenizer.decode(row) for row in np.asarray(tokens).tolist()]
     if jax.process_index() == 0:
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-        with open(os.path.join(workdir, "samples", f"step_{step}.txt"), "w") as f:
+        with open(os.path.join(workdir, "samples", f"step_{step:06d}.txt"), "w") as f:
             f.write("\n\n".join(f"=== sample {i} ===\n{t}" for i, t in enumerate(texts)) + "\n")
     return texts
 
