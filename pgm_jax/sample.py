@@ -34,7 +34,8 @@ _NUM = flags.DEFINE_integer("num_samples", None, "Number of samples (default: co
 _BATCH = flags.DEFINE_integer("batch_size", None, "Samples per batch (default: config).")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampling steps / network calls (default: config).")
 _TOP_P = flags.DEFINE_float("top_p", None, "Nucleus probability (1.0 = off).")
-_TEMP = flags.DEFINE_float("temperature", None, "Softmax temperature (0 = greedy).")
+_TEMP = flags.DEFINE_float("temperature", None,
+                           "Divides the logits (text and images); 0 = greedy (text only).")
 _F64 = flags.DEFINE_bool("float64", None, "Reference float64 Gumbel arithmetic.")
 _MODE = flags.DEFINE_enum("mode", None, ["efficient-uniform", "efficient-non-uniform"],
                           "PGM schedule (default: config sample.mode).")
