@@ -419,11 +419,6 @@ def build_vq(cfg: VQConfig, seed: int = 0) -> VQModel:
     return vq_with_params(cfg, params)
 
 
-@functools.lru_cache(maxsize=8)
-def _abstract_split(cfg: VQConfig) -> tuple[nnx.GraphDef, nnx.State]:
-    return nnx.split(nnx.eval_shape(lambda: VQModel(cfg, rngs=nnx.Rngs(params=0))))
-
-
 def abstract_vq(cfg: VQConfig) -> VQModel:
     """The model's structure with ShapeDtypeStruct leaves: nothing is initialised.
 
