@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgm_jax import objectives, sharding
-from pgm_jax.models import layers
+from pgm_jax import sharding
+from pgm_jax.models import heads, layers
 from pgm_jax.models.config import ModelConfig
 from pgm_jax.models.dit import (
     ACTIVATION_AXES,
@@ -82,5 +82,5 @@ class AR(nnx.Module):
         head = lambda h: self.output_layer(h, c)
         if targets is None:
             return head(x)
-        return objectives.chunked_target_logprob(head, x, targets, self.cfg.mask_index,
+        return heads.chunked_target_logprob(head, x, targets, self.cfg.mask_index,
                                                  self.cfg.logits_chunk)

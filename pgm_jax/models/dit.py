@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgm_jax import objectives, sharding
-from pgm_jax.models import layers
+from pgm_jax import sharding
+from pgm_jax.models import heads, layers
 from pgm_jax.models.config import ModelConfig
 
 Array = jax.Array
@@ -181,7 +181,7 @@ class Backbone(nnx.Module):
         computed `cfg.logits_chunk` positions at a time so the full logits never exist."""
         if targets is None:
             return self.output_layer(y, c)
-        return objectives.chunked_target_logprob(
+        return heads.chunked_target_logprob(
             lambda h: self.output_layer(h, c), y, targets, self.cfg.mask_index,
             self.cfg.logits_chunk)
 

@@ -25,8 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgm_jax import objectives
-from pgm_jax.models import layers
+from pgm_jax.models import heads, layers
 from pgm_jax.models.config import ModelConfig
 from pgm_jax.models.dit import Embedding, FinalLayer
 from pgm_jax.models.pgm import Decoder, Encoder, encode_decode
@@ -104,7 +103,7 @@ class ImagePGM(nnx.Module):
     def _head(self, y: Array, c: Array, targets: Array | None) -> Array:
         if targets is None:
             return self.output_layer(y, c).astype(jnp.float32)
-        return objectives.chunked_target_logprob(
+        return heads.chunked_target_logprob(
             lambda z: self.output_layer(z, c), y, targets, self.cfg.mask_index,
             self.cfg.logits_chunk)
 

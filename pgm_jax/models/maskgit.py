@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgm_jax import objectives, sharding
-from pgm_jax.models import layers
+from pgm_jax import sharding
+from pgm_jax.models import heads, layers
 from pgm_jax.models.config import ModelConfig
 from pgm_jax.models.dit import ACTIVATION_AXES, maybe_split, run_blocks
 from pgm_jax.models.image_pgm import ClassEmbedding, Table
@@ -206,4 +206,4 @@ class MaskGIT(nnx.Module):
         if targets is None:
             return logits
         # No column is excluded: -1 never matches, so this is the plain log-softmax.
-        return objectives.target_logprob(logits, targets, -1)
+        return heads.target_logprob(logits, targets, -1)
