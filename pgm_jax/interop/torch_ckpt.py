@@ -35,14 +35,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pgm_jax.errors import CheckpointFormatError
+
 __all__ = ["CheckpointFormatError", "UnknownObject", "load_torch_checkpoint"]
 
 _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL_VERSION = 1001
-
-
-class CheckpointFormatError(ValueError):
-    """A checkpoint file is corrupt, unsupported, or pickles a refused global."""
 
 
 # --------------------------------------------------------------------------- dtypes

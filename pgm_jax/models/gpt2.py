@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from pgm_jax.interop import CheckpointFormatError
+from pgm_jax.errors import CheckpointFormatError
 from pgm_jax.models import layers
 
 Array = jax.Array
