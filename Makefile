@@ -34,6 +34,7 @@ demo-images: $(VENV)/.runtime
 	$(PY) -m pgm_jax.sample --workdir=$(DIGITS_DIR) --num_samples=10 --batch_size=50
 
 test: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q --durations=10
 
 lint: $(VENV)/.dev
