@@ -37,16 +37,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import numpy as np
+from flax import nnx
 
-from configs import demo, owt  # noqa: E402
-from pgm_jax import config as config_lib  # noqa: E402
-from pgm_jax import sharding  # noqa: E402
-from pgm_jax.models import ModelConfig, build_model  # noqa: E402
-from pgm_jax.train import optim  # noqa: E402
-from pgm_jax.train.step import (  # noqa: E402
+from configs import demo, owt
+from pgm_jax import config as config_lib
+from pgm_jax import sharding
+from pgm_jax.models import ModelConfig, build_model
+from pgm_jax.train import optim
+from pgm_jax.train.step import (
     LOSSES,
     init_state,
     jit_train_step,

@@ -30,11 +30,11 @@ def require(condition: bool, message: str) -> None:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """The exception types that mean bad input (imported here, once a command has failed)."""
-    from pgm_jax.checkpoint import CheckpointError  # noqa: PLC0415
-    from pgm_jax.config import ConfigError  # noqa: PLC0415
-    from pgm_jax.data import DataError  # noqa: PLC0415
-    from pgm_jax.interop import CheckpointFormatError  # noqa: PLC0415
-    from pgm_jax.sharding import MeshError  # noqa: PLC0415
+    from pgm_jax.checkpoint import CheckpointError
+    from pgm_jax.config import ConfigError
+    from pgm_jax.data import DataError
+    from pgm_jax.interop import CheckpointFormatError
+    from pgm_jax.sharding import MeshError
 
     return (UsageError, ConfigError, DataError, MeshError, CheckpointError, CheckpointFormatError)
 
@@ -143,7 +143,7 @@ def run(main: Callable[[list[str]], None]) -> None:
         try:
             main(argv)
         except Exception as e:
-            from pgm_jax.metrics import NonFiniteError  # noqa: PLC0415
+            from pgm_jax.metrics import NonFiniteError
 
             if isinstance(e, NonFiniteError):
                 _exit(str(e), STOPPED_EXIT)

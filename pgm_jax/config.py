@@ -147,7 +147,7 @@ def _check_image(config: ConfigDict) -> None:
 def _check_schema(config: ConfigDict) -> None:
     """Every key of configs/base.py present with its type (an int may stand for a float), and
     no other key: a misspelt key in a config file would otherwise be silently ignored."""
-    from configs import base  # noqa: PLC0415  (the documented schema; a repository package)
+    from configs import base
 
     expected, given = flatten(base.get_config()), flatten(config)
     for key in given.keys() - expected.keys():

@@ -48,7 +48,7 @@ USAGE = ("usage: python -m pgm_jax.convert --checkpoint=F --workdir=D [--config=
 
 def check(dirs: list[str]) -> int:
     """Prints one line per compared output of every fixture in `dirs`; 1 if any fails."""
-    from pgm_jax.interop.parity import check_directories  # noqa: PLC0415  (after flags)
+    from pgm_jax.interop.parity import check_directories
 
     checked, compared, failed = check_directories(dirs, print)
     cli.require(checked > 0, f"no fixture of a supported model kind among {dirs}")
@@ -63,13 +63,13 @@ def main(argv: list[str]) -> None:
         cli.require(len(args) > 1, USAGE)
         sys.exit(check(args[1:]))
     if args == ["vq"]:
-        from pgm_jax.interop.vq_convert import convert_vq_main  # noqa: PLC0415  (after flags)
+        from pgm_jax.interop.vq_convert import convert_vq_main
 
         return convert_vq_main(_CHECKPOINT.value, _OUTPUT.value)
     cli.require(not args, f"unexpected argument {args[0] if args else ''!r}: {USAGE}")
     cli.require(bool(_CHECKPOINT.value), f"--checkpoint is required (a .ckpt or .npz): {USAGE}")
     cli.require(bool(_WORKDIR.value), f"--workdir is required: {USAGE}")
-    from pgm_jax.interop.workdir import convert_to_workdir  # noqa: PLC0415  (after flags)
+    from pgm_jax.interop.workdir import convert_to_workdir
 
     _, step = convert_to_workdir(_CHECKPOINT.value, _WORKDIR.value, _CONFIG.value,
                                  _WEIGHTS.value)

@@ -63,7 +63,7 @@ class MemoryReport:
 
 def topology_devices(name: str, num_slices: int = 1) -> list:
     """Compile-only devices of a TPU slice: 'v5e-16' style names or 'v5e:4x4' shapes."""
-    from jax.experimental import topologies  # noqa: PLC0415
+    from jax.experimental import topologies
 
     # No TPU here: do not let libtpu ask a metadata server for the (absent) slice.
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")

@@ -84,13 +84,13 @@ def main(argv: list[str]) -> None:
     cli.require(os.path.isdir(workdir), f"--workdir={workdir}: no such directory (a run of "
                 "pgm_jax.main)")
     cli.require(_MAX_BATCHES.value >= 0, f"--max_batches={_MAX_BATCHES.value}: must be >= 0")
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
-    from pgm_jax import sharding  # noqa: PLC0415
-    from pgm_jax.config import IMAGE_ALGOS, load_run_config, model_config  # noqa: PLC0415
-    from pgm_jax.eval.evaluation import sample_quality, validation  # noqa: PLC0415
-    from pgm_jax.eval.judge import load_judge  # noqa: PLC0415
-    from pgm_jax.sampling import from_run  # noqa: PLC0415
+    from pgm_jax import sharding
+    from pgm_jax.config import IMAGE_ALGOS, load_run_config, model_config
+    from pgm_jax.eval.evaluation import sample_quality, validation
+    from pgm_jax.eval.judge import load_judge
+    from pgm_jax.sampling import from_run
 
     config = from_run.on_current_schema(load_run_config(workdir))
     image = config.algo in IMAGE_ALGOS
@@ -145,7 +145,7 @@ def main(argv: list[str]) -> None:
 
 def write_result(workdir: str, result: dict) -> None:
     """Prints `result` and writes it to `--output` (default WORKDIR/eval_step_<N>.json)."""
-    import jax  # noqa: PLC0415
+    import jax
 
     path = _OUTPUT.value or os.path.join(workdir, f"eval_step_{result.get('step', 'na')}.json")
     if jax.process_index() == 0:
@@ -159,8 +159,8 @@ def image_validation(workdir: str, config, step: int | None, max_batches: int
                      ) -> tuple[dict, int]:
     """(validation metrics, checkpoint step) of an image run with its EMA weights: the
     training objective's mean NLL per image token over every validation image."""
-    from pgm_jax.restore import restore_params  # noqa: PLC0415
-    from pgm_jax.train import loop  # noqa: PLC0415
+    from pgm_jax.restore import restore_params
+    from pgm_jax.train import loop
 
     run = loop.setup(config, workdir)
     _, params, step = restore_params(workdir, run.model_cfg, run.mesh, step, item="ema")
@@ -174,15 +174,15 @@ def image_fid(workdir: str, config, step: int | None) -> tuple[dict, int]:
     """(FID / Inception Score of class-balanced samples, checkpoint step), spec §5: labels
     0, 1, ..., num_classes - 1, 0, 1, ... (`--num_samples`, default eval.num_samples), codes
     decoded by `--vq` and clipped to [-1, 1], Inception features against `--fid_stats`."""
-    import jax  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import jax
+    import numpy as np
 
-    from pgm_jax import sharding  # noqa: PLC0415
-    from pgm_jax.config import model_config  # noqa: PLC0415
-    from pgm_jax.data import images  # noqa: PLC0415
-    from pgm_jax.eval import fid, inception  # noqa: PLC0415
-    from pgm_jax.restore import restore_params  # noqa: PLC0415
-    from pgm_jax.sampling import image as image_sampling  # noqa: PLC0415
+    from pgm_jax import sharding
+    from pgm_jax.config import model_config
+    from pgm_jax.data import images
+    from pgm_jax.eval import fid, inception
+    from pgm_jax.restore import restore_params
+    from pgm_jax.sampling import image as image_sampling
 
     mcfg = model_config(config)
     settings = image_sampling.sampler_settings(config.sample)

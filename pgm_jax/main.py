@@ -40,16 +40,16 @@ def main(argv: list[str]) -> None:
     cli.require(config is not None, "--config is required (e.g. configs/demo.py)")
     cli.writable_dir("workdir", _WORKDIR.value)
     if config.data.benchmark:  # the input pipeline only, no model
-        from pgm_jax.data.benchmark import run_benchmark  # noqa: PLC0415
+        from pgm_jax.data.benchmark import run_benchmark
 
         print(json.dumps(run_benchmark(config, _WORKDIR.value)))
         return
     cli.require(_TOPOLOGY.value is None or _DRY_RUN.value, "--topology needs --dry_run")
-    from pgm_jax import distributed  # noqa: PLC0415  (after flags: jax starts here)
+    from pgm_jax import distributed
 
     distributed.capture_logs()
     if _DRY_RUN.value:
-        from pgm_jax import dryrun  # noqa: PLC0415
+        from pgm_jax import dryrun
 
         devices = (dryrun.topology_devices(_TOPOLOGY.value, _TOPOLOGY_SLICES.value)
                    if _TOPOLOGY.value else None)
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> None:
         return
     distributed.initialize(distributed.Cluster(_COORDINATOR.value, _NUM_PROCESSES.value,
                                                _PROCESS_ID.value, _DIST_TIMEOUT.value))
-    from pgm_jax.train.loop import train  # noqa: PLC0415
+    from pgm_jax.train.loop import train
 
     result = train(config, _WORKDIR.value)
     if result.get("preempted"):

@@ -61,10 +61,10 @@ def main(argv: list[str]) -> None:
     cli.require(os.path.isdir(_WORKDIR.value),
                 f"--workdir={_WORKDIR.value}: no such directory (a run of pgm_jax.main)")
     cli.require(_STEP.value is None or _STEP.value >= 0, f"--step={_STEP.value}: must be >= 0")
-    import jax  # noqa: PLC0415
+    import jax
 
-    from pgm_jax.config import IMAGE_ALGOS, load_run_config, model_config  # noqa: PLC0415
-    from pgm_jax.sampling import from_run  # noqa: PLC0415
+    from pgm_jax.config import IMAGE_ALGOS, load_run_config, model_config
+    from pgm_jax.sampling import from_run
 
     workdir = _WORKDIR.value
     config = load_run_config(workdir)
@@ -101,8 +101,8 @@ def main(argv: list[str]) -> None:
 
 def image_settings(config, model_cfg) -> dict:
     """The run's `sample.*` image settings overridden by the flags given; checked."""
-    from pgm_jax.sampling.from_run import on_current_schema  # noqa: PLC0415
-    from pgm_jax.sampling.image import sampler_settings  # noqa: PLC0415
+    from pgm_jax.sampling.from_run import on_current_schema
+    from pgm_jax.sampling.image import sampler_settings
 
     s = sampler_settings(on_current_schema(config).sample)
     given = {"steps": _STEPS.value, "order": _ORDER.value, "temperature": _TEMP.value,
@@ -134,16 +134,16 @@ def image_classes(num_classes: int) -> list[int] | None:
 
 def sample_images(workdir: str, config) -> None:
     """The image branch: per-class samples -> PREFIX.npz and PREFIX.png (see module doc)."""
-    import jax  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import jax
+    import numpy as np
 
-    from pgm_jax import sharding  # noqa: PLC0415
-    from pgm_jax.config import model_config  # noqa: PLC0415
-    from pgm_jax.data import images  # noqa: PLC0415
-    from pgm_jax.eval import grid  # noqa: PLC0415
-    from pgm_jax.restore import restore_params  # noqa: PLC0415
-    from pgm_jax.sampling import image as image_sampling  # noqa: PLC0415
-    from pgm_jax.sampling.from_run import on_current_schema  # noqa: PLC0415
+    from pgm_jax import sharding
+    from pgm_jax.config import model_config
+    from pgm_jax.data import images
+    from pgm_jax.eval import grid
+    from pgm_jax.restore import restore_params
+    from pgm_jax.sampling import image as image_sampling
+    from pgm_jax.sampling.from_run import on_current_schema
 
     mcfg = model_config(config)
     settings = image_settings(config, mcfg)

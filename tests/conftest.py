@@ -12,10 +12,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/pgm_jax_test_jax_cache"
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-from absl import flags  # noqa: E402
+import pytest
+from absl import flags
 
 flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
 

@@ -282,7 +282,7 @@ def test_load_text_data_tiny_validation_split_raises(tmp_path):
 
 
 def test_checkpoint_data_item_resumes_the_iterator(tmp_path):
-    from pgm_jax import checkpoint  # noqa: PLC0415  (orbax; only these tests need it)
+    from pgm_jax import checkpoint
 
     ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
     it = train_iterator(_blocks(10), global_batch_size=4, seed=5)
@@ -300,9 +300,9 @@ def test_checkpoint_data_item_resumes_the_iterator(tmp_path):
 
 
 def test_data_state_restores_on_another_process_count(tmp_path):
-    from etils import epath  # noqa: PLC0415
+    from etils import epath
 
-    from pgm_jax.checkpoint import DataStateHandler  # noqa: PLC0415
+    from pgm_jax.checkpoint import DataStateHandler
 
     for p in range(4):  # saved by 4 processes at the same global position
         (tmp_path / f"process_{p}-of-4.json").write_text(json.dumps({"next_index": 3}))

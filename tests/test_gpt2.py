@@ -145,7 +145,7 @@ def test_generative_perplexity_and_weights(judge_dir):
 
 
 def test_texts_with_specials_and_entropy():
-    decode = lambda ids: "".join(chr(97 + i) for i in ids)  # noqa: E731
+    decode = lambda ids: "".join(chr(97 + i) for i in ids)
     texts = genppl.texts_with_specials(np.array([[9, 0, 1, 9, 2]]), decode, (9,))
     assert texts == [f"{ENDOFTEXT}ab{ENDOFTEXT}c"]
     ent = genppl.entropy(np.array([[1, 1, 2, 2], [3, 3, 3, 3]]))

@@ -253,7 +253,7 @@ def test_torch_state_dict_conversion(weights):
 
 def test_weight_file_kinds_read_alike(tmp_path, weights):
     """torch.save zip (pytorch-fid .pth), npz and pickle all give the pickle layout."""
-    from tests.test_torch_ckpt import _FakeTensor, _storage, _write_zip_ckpt  # noqa: PLC0415
+    from tests.test_torch_ckpt import _FakeTensor, _storage, _write_zip_ckpt
 
     node = weights[0]["Mixed_6a"]["branch3x3"]
     oihw = np.ascontiguousarray(node["conv"]["kernel"].transpose(3, 2, 0, 1))

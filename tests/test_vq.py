@@ -178,7 +178,7 @@ def test_prepare_imagenet_vq_round_trip(vq_model, tmp_path):
 
 def _tfds_imagenet(data_dir, files: list[tuple[str, int]]) -> None:
     """A TFDS `imagenet2012` (ArrayRecord, built without TensorFlow) of `files` as train."""
-    import tensorflow_datasets as tfds  # noqa: PLC0415
+    import tensorflow_datasets as tfds
 
     class Imagenet2012(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         VERSION = tfds.core.Version("5.1.0")

@@ -107,7 +107,7 @@ class TfdsImages:
     """TFDS `imagenet2012` in ArrayRecord (no TensorFlow): `image` uint8 arrays and `label`."""
 
     def __init__(self, builder_dir: str, split: str):
-        import tensorflow_datasets as tfds  # noqa: PLC0415  (slow import, TFDS inputs only)
+        import tensorflow_datasets as tfds
 
         try:
             builder = tfds.builder_from_directory(builder_dir)
@@ -267,8 +267,8 @@ def prepare_imagenet_vq(input: str, vq: Any, output: str, split: str = "train",
         "default" lets GPUs use TF32 (as the reference's extraction did, spec §1.4), several
         times faster; a few near-tied codes may then differ from an fp32 encode.
     """
-    from pgm_jax.interop.vq_convert import vq_from_checkpoint  # noqa: PLC0415
-    from pgm_jax.models.vq import PRECISIONS, VQModel, jit_method, with_config  # noqa: PLC0415
+    from pgm_jax.interop.vq_convert import vq_from_checkpoint
+    from pgm_jax.models.vq import PRECISIONS, VQModel, jit_method, with_config
 
     if split not in SPLITS:
         raise DataError(f"--split={split!r}: use train or validation")

@@ -140,7 +140,7 @@ def load_image_data(data_cfg: ml_collections.ConfigDict, length: int, codebook_s
 def digits_split(val_fraction: float) -> tuple[LabelledImages, LabelledImages]:
     """(train, validation) digits: the last ceil(val_fraction * n_c) images of each class c,
     in dataset order, are held out; both splits keep the dataset order."""
-    from sklearn.datasets import load_digits  # noqa: PLC0415  (bundled data, no download)
+    from sklearn.datasets import load_digits
 
     digits = load_digits()
     tokens = digits.images.reshape(len(digits.images), -1).astype(np.int32)  # [1797, 64]
@@ -164,7 +164,7 @@ def _imagenet_vq(path: str) -> ImageData:
     if not path:
         raise DataError(f"data.source=imagenet_vq reads a prepared folder: set data.path=DIR, "
                         f"made by `{hint}`")
-    from pgm_jax.data import imagenet_vq  # noqa: PLC0415  (only image runs need it)
+    from pgm_jax.data import imagenet_vq
 
     train, manifest = imagenet_vq.open_split(path, "train")
     val, _ = imagenet_vq.open_split(path, "validation")
@@ -176,7 +176,7 @@ def _imagenet_vq(path: str) -> ImageData:
 def load_vq(path: str):
     """The VQ model that decodes a run's codes: a `pgm_jax.convert vq` folder, the reference
     `vq_ds8_c2i.pt` or a `.npz` state dict (`interop.vq_convert.vq_from_checkpoint`)."""
-    from pgm_jax.interop.vq_convert import vq_from_checkpoint  # noqa: PLC0415
+    from pgm_jax.interop.vq_convert import vq_from_checkpoint
 
     if not os.path.exists(path):
         raise DataError(f"--vq={path}: no such file or folder (convert the VQ weights with "
@@ -187,7 +187,7 @@ def load_vq(path: str):
 def vq_pixels(vq, codes: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """int[M, N] VQ codes -> float32 [M, H, W, 3] in [0, 1]: decoded `batch_size` at a time,
     clipped to [-1, 1] and mapped by (x + 1) / 2 (spec pgm_image.md §1.6)."""
-    from pgm_jax.models.vq import jit_method  # noqa: PLC0415
+    from pgm_jax.models.vq import jit_method
 
     side = math.isqrt(codes.shape[1])
     decode = jit_method(vq, "decode_codes")

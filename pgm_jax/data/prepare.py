@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
     cli.require(bool(_INPUT.value) and bool(_OUTPUT.value), "--input and --output are required")
     command = argv[1]
     if command == "imagenet_vq":
-        from pgm_jax.data import imagenet_vq  # noqa: PLC0415  (jax: image data only)
+        from pgm_jax.data import imagenet_vq
 
         imagenet_vq.run_command(_INPUT.value, _VQ.value, _OUTPUT.value, _SPLIT.value,
                                 _BATCH_SIZE.value, _IMAGE_SIZE.value)

@@ -62,7 +62,7 @@ def make_grid(images: np.ndarray, nrow: int = 8, pad: int = 2, upscale: int = 1,
 
 def save_png(grid: np.ndarray, path: str | os.PathLike[str]) -> None:
     """Writes uint8 [H, W, C] as a PNG, creating the parent directory."""
-    from PIL import Image  # noqa: PLC0415 - Pillow only where files are written
+    from PIL import Image
 
     parent = os.path.dirname(os.fspath(path))
     if parent:

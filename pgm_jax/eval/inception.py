@@ -460,7 +460,7 @@ def _to_pixels(images: np.ndarray) -> np.ndarray:
 
 
 def _pil_bicubic_channel(channel: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image  # noqa: PLC0415 - Pillow only for this host path
+    from PIL import Image
 
     out = Image.fromarray(np.ascontiguousarray(channel, np.float32)).resize(
         (size, size), resample=Image.Resampling.BICUBIC)

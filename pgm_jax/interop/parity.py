@@ -214,7 +214,7 @@ FAMILIES: tuple[str, ...] = ("pgm_jax.interop.image_parity", "pgm_jax.interop.vq
 
 def _family_for(fixture: str | Path):
     """The registered family module that accepts `fixture/hparams.json`, or None (text)."""
-    import importlib  # noqa: PLC0415
+    import importlib
 
     hp_path = Path(fixture) / "hparams.json"
     hp = json.loads(hp_path.read_text())

@@ -60,7 +60,7 @@ def run_config(checkpoint: str, config: ConfigDict | None, vocab_size: int | Non
     `hparams.json` beside `checkpoint`; a vocabulary left to the tokenizer (-1) is taken from
     the checkpoint (`vocab_size`, None if unknown). Validated."""
     if config is None:
-        from configs import base  # noqa: PLC0415  (the documented defaults, as in pgm_jax.config)
+        from configs import base
 
         hparams = Path(checkpoint).parent / "hparams.json"
         if not hparams.exists():

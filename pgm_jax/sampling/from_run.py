@@ -41,7 +41,7 @@ class SampleSettings:
 def on_current_schema(stored: ConfigDict) -> ConfigDict:
     """A run's stored config on today's `configs/base.py`: keys added since the run was written
     take their defaults, keys since removed are dropped (both logged)."""
-    from configs import base  # noqa: PLC0415  (the documented schema, as config.validate)
+    from configs import base
 
     config = base.get_config()
     current, old = flatten(config), flatten(stored)
