@@ -45,9 +45,9 @@ from configs import demo, owt
 from pgm_jax import config as config_lib
 from pgm_jax import sharding
 from pgm_jax.models import ModelConfig, build_model
+from pgm_jax.objectives.losses import LOSSES
 from pgm_jax.train import optim
 from pgm_jax.train.step import (
-    LOSSES,
     init_state,
     jit_train_step,
     make_train_step,

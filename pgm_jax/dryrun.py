@@ -25,8 +25,9 @@ from ml_collections import ConfigDict
 from pgm_jax import checkpoint, sharding
 from pgm_jax import config as config_lib
 from pgm_jax.models import build_model, layers
+from pgm_jax.objectives.losses import LOSSES
 from pgm_jax.train import loop
-from pgm_jax.train.step import LOSSES, init_state, jit_train_step, make_train_step
+from pgm_jax.train.step import init_state, jit_train_step, make_train_step
 
 GIB = 1 << 30
 # High-bandwidth memory per device, by jax `device_kind` (for devices that are not attached).

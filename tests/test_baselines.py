@@ -10,11 +10,12 @@ import pytest
 from flax import nnx
 
 from configs import demo
-from pgm_jax import objectives
 from pgm_jax.interop.state_dict import param_paths, torch_param_name
 from pgm_jax.models import build_model, layers
+from pgm_jax.objectives import schedule
+from pgm_jax.objectives.losses import LOSSES
+from pgm_jax.objectives.text import ar_loss, complement_mdlm_loss, mdlm_loss
 from pgm_jax.train import loop
-from pgm_jax.train.step import LOSSES, ar_loss, complement_mdlm_loss, mdlm_loss
 from tests.helpers import randomized_model, tiny_config
 
 B, L, V, MASK = 4, 32, 64, 63
@@ -169,8 +170,8 @@ def test_complement_mdlm_training_objective(dit):
     total, count = jit_loss["complement_mdlm"](dit, batch, key, True)
     tokens, valid = batch["tokens"], np.asarray(batch["valid"])
     k_t, k_m, _ = jax.random.split(key, 3)
-    t = objectives.antithetic_t(k_t, B)
-    xt = objectives.mask_tokens(k_m, tokens, t, MASK)
+    t = schedule.antithetic_t(k_t, B)
+    xt = schedule.mask_tokens(k_m, tokens, t, MASK)
     xtc = jnp.where(xt == tokens, MASK, tokens)
     assert bool(jnp.all((xt == MASK) != (xtc == MASK)))
     lp = _target_logp(dit, xt, jnp.zeros((B,)), tokens)
@@ -187,8 +188,8 @@ def test_mdlm_feeds_sigma_to_a_time_conditioned_dit():
     batch, key = _batch(6), jax.random.key(7)
     total, _ = jit_loss["mdlm"](model, batch, key, False)
     k_t, k_m, _ = jax.random.split(key, 3)
-    t = objectives.antithetic_t(k_t, B)
-    xt = objectives.mask_tokens(k_m, batch["tokens"], t, MASK)
+    t = schedule.antithetic_t(k_t, B)
+    xt = schedule.mask_tokens(k_m, batch["tokens"], t, MASK)
     valid = np.asarray(batch["valid"])
     tt = np.asarray(t, np.float64)[:, None]
     masked = np.asarray(xt) == MASK

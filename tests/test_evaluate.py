@@ -14,10 +14,11 @@ from helpers import randomized_model
 from test_gpt2 import ENDOFTEXT, EOS, _byte_to_char, random_gpt2, write_safetensors
 
 from configs import demo
-from pgm_jax import checkpoint, objectives, sharding
+from pgm_jax import checkpoint, sharding
 from pgm_jax.config import load_run_config, model_config, save_config
 from pgm_jax.data import load_text_data
 from pgm_jax.eval.evaluation import validation
+from pgm_jax.objectives import schedule
 from pgm_jax.restore import CHECKPOINT_DIR, restore_params
 from pgm_jax.train import loop
 
@@ -74,8 +75,8 @@ def hand_nelbo(run_dir: str, blocks: np.ndarray, batch: int) -> float:
     for i, start in enumerate(range(0, len(rows), batch)):
         tokens = rows[start:start + batch]
         k_t, k_g, _ = jax.random.split(jax.random.fold_in(base, i), 3)
-        t = objectives.antithetic_t(k_t, batch)
-        groups = objectives.sample_partition(k_g, t, tokens.shape)
+        t = schedule.antithetic_t(k_t, batch)
+        groups = schedule.sample_partition(k_g, t, tokens.shape)
         logits = np.asarray(forward(jnp.asarray(tokens), groups), np.float64)
         logits[..., mcfg.mask_index] = -np.inf
         top = logits.max(-1, keepdims=True)

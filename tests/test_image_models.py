@@ -11,7 +11,6 @@ from flax import nnx
 
 from configs import imagenet_vq
 from pgm_jax import config as config_lib
-from pgm_jax import image_objectives, objectives
 from pgm_jax.interop import image_parity
 from pgm_jax.interop.image_convert import (
     image_params_from_checkpoint,
@@ -21,7 +20,9 @@ from pgm_jax.interop.image_convert import (
 from pgm_jax.interop.parity import check_fixture
 from pgm_jax.interop.state_dict import StateDictMismatch
 from pgm_jax.models import ModelConfig, build_model
-from pgm_jax.train.step import LOSSES
+from pgm_jax.models.heads import target_logprob
+from pgm_jax.objectives import image as image_objectives
+from pgm_jax.objectives.losses import LOSSES
 from tests.helpers import randomized_model
 
 B, SIDE, CODES, CLASSES = 3, 4, 11, 5
@@ -202,7 +203,7 @@ def test_chunked_target_logprob_matches_full_logits():
     x, g, labels, drop = map(jnp.asarray, _inputs(3))
     both = nnx.jit(lambda m: (m(x, g, labels, drop), m(x, g, labels, drop, targets=x)))
     logits, lp = both(model)
-    np.testing.assert_allclose(lp, objectives.target_logprob(logits, x, CODES), atol=1e-5)
+    np.testing.assert_allclose(lp, target_logprob(logits, x, CODES), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- losses

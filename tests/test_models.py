@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgm_jax import objectives
 from pgm_jax.models import layers
 from pgm_jax.models.config import PRE_QUERY_MODES
+from pgm_jax.objectives import schedule
 from tests.helpers import randomized_model, tiny_config
 
 B, L = 3, 32
@@ -89,8 +89,8 @@ def test_loss_weights_match_hand_computation():
     t = jnp.array([0.25, 0.9])
     g = jnp.array([[1, 0, 1], [0, 0, 1]])
     logp = jnp.array([[-1.0, -2.0, -3.0], [-0.5, -1.5, -2.5]])
-    train = np.asarray(objectives.pgm_token_nll(logp, g, t, train=True))
-    val = np.asarray(objectives.pgm_token_nll(logp, g, t, train=False))
+    train = np.asarray(schedule.pgm_token_nll(logp, g, t, train=True))
+    val = np.asarray(schedule.pgm_token_nll(logp, g, t, train=False))
     eps = 1e-3
     for b in range(2):
         tb = float(t[b])
@@ -101,13 +101,13 @@ def test_loss_weights_match_hand_computation():
             np.testing.assert_allclose(train[b, i], -w * float(logp[b, i]) / 2, rtol=1e-6)
             np.testing.assert_allclose(val[b, i], -w1 * float(logp[b, i]) if g[b, i] else 0.0,
                                        rtol=1e-6)
-    total, count = objectives.masked_mean(jnp.asarray(train), jnp.array([[1, 1, 0], [1, 1, 1]]))
+    total, count = schedule.masked_mean(jnp.asarray(train), jnp.array([[1, 1, 0], [1, 1, 1]]))
     np.testing.assert_allclose(float(total / count), train.ravel()[[0, 1, 3, 4, 5]].mean(),
                                rtol=1e-6)
 
 
 def test_antithetic_times_are_stratified():
-    t = np.asarray(objectives.antithetic_t(jax.random.key(0), 8))
+    t = np.asarray(schedule.antithetic_t(jax.random.key(0), 8))
     strata = np.floor((t - 1e-3) / (1 - 1e-3) * 8)
     assert sorted(strata.tolist()) == list(range(8)) or len(set(strata.tolist())) >= 7
     assert (t >= 1e-3).all() and (t < 1).all()
@@ -115,7 +115,7 @@ def test_antithetic_times_are_stratified():
 
 def test_partition_rate_follows_schedule():
     t = jnp.full((4096,), 0.3)
-    g = np.asarray(objectives.sample_partition(jax.random.key(1), t, (4096, 16)))
+    g = np.asarray(schedule.sample_partition(jax.random.key(1), t, (4096, 16)))
     assert abs(g.mean() - (1 - 1e-3) * 0.3) < 0.01
 
 

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgm_jax import objectives
 from pgm_jax.interop.parity import fixture_model, forward, load_fixture
+from pgm_jax.objectives import schedule
 from tests.test_parity import text_dirs
 
 MEAN_ABS_LOGIT = 3e-2
@@ -23,7 +23,7 @@ MAX_ARGMAX_LOGP = 0.1  # |d log p| of the reference's most likely token
 
 
 def _logprobs(logits: np.ndarray, mask_index: int) -> np.ndarray:
-    return np.asarray(objectives.pgm_logprobs(jnp.asarray(logits), mask_index), np.float64)
+    return np.asarray(schedule.pgm_logprobs(jnp.asarray(logits), mask_index), np.float64)
 
 
 @pytest.mark.parametrize("fixture", text_dirs(), ids=lambda p: p.name)

@@ -20,10 +20,11 @@ from configs import demo
 from pgm_jax import checkpoint, sharding
 from pgm_jax.config import flatten
 from pgm_jax.metrics import NonFiniteError
+from pgm_jax.objectives.text import pgm_loss
 from pgm_jax.restore import CHECKPOINT_DIR, restore_params
 from pgm_jax.sampling import generate
 from pgm_jax.train import loop
-from pgm_jax.train.step import jit_eval_step, make_eval_step, pgm_loss
+from pgm_jax.train.step import jit_eval_step, make_eval_step
 from tests.test_train import REPO, tiny
 
 N = 24  # steps of the uninterrupted reference run

@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 from helpers import randomized_model, tiny_config
 
-from pgm_jax import objectives, sharding
+from pgm_jax import sharding
+from pgm_jax.objectives import schedule
 from pgm_jax.sampling import ar, generate, mdlm, pgm
 from pgm_jax.sampling.categorical import (
     block_size,
@@ -144,7 +145,7 @@ def test_ar_sampler_matches_a_plain_greedy_loop():
     graphdef, params = nnx.split(model)
     x = np.asarray(ar.sample(graphdef, nnx.to_pure_dict(params), jax.random.key(0),
                              num_samples=2, length=L, bos_id=1, temperature=0.0, bucket=16))
-    forward = jax.jit(lambda tokens: objectives.pgm_logprobs(model(tokens), MASK))
+    forward = jax.jit(lambda tokens: schedule.pgm_logprobs(model(tokens), MASK))
     ref = np.full((2, L), 1, np.int32)
     for i in range(L - 1):  # the whole sequence every call (what follows i is still BOS)
         ref[:, i + 1] = np.asarray(jnp.argmax(forward(jnp.asarray(ref))[:, i], -1))

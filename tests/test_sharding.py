@@ -12,11 +12,12 @@ from helpers import tiny_config
 
 from configs import demo
 from pgm_jax import config as config_lib
-from pgm_jax import objectives, sharding
+from pgm_jax import sharding
 from pgm_jax.models import build_model
+from pgm_jax.objectives import schedule
+from pgm_jax.objectives.losses import LOSSES
 from pgm_jax.train import loop, optim
 from pgm_jax.train.step import (
-    LOSSES,
     init_state,
     jit_train_step,
     make_train_step,
@@ -83,7 +84,7 @@ def fixed_partition_loss(model, batch, key, train):
     tokens = batch["tokens"]
     groups = (jnp.arange(tokens.shape[1])[None] + tokens) % 2
     logp = model(tokens, groups, targets=tokens)
-    return objectives.masked_mean(-logp, batch["valid"])
+    return schedule.masked_mean(-logp, batch["valid"])
 
 
 def test_grad_accumulation_matches_full_batch(one_device):
@@ -99,7 +100,7 @@ def test_microbatches_take_a_slice_of_every_shard():
     # 4 shards of 4 rows: micro-batch j holds rows 2j, 2j+1 of each shard.
     np.testing.assert_array_equal(micro[0], [0, 1, 4, 5, 8, 9, 12, 13])
     np.testing.assert_array_equal(micro[1], [2, 3, 6, 7, 10, 11, 14, 15])
-    t = objectives.antithetic_t(jax.random.key(0), 16)
+    t = schedule.antithetic_t(jax.random.key(0), 16)
     parts = microbatches({"t": t}, 4, 2)["t"]
     # Sliced global strata: every micro-batch's times together cover each stratum once.
     strata = np.sort(np.floor(np.asarray(parts).ravel() * 16))

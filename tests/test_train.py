@@ -13,8 +13,9 @@ from flax import nnx
 
 from configs import demo
 from pgm_jax import sharding
+from pgm_jax.objectives.losses import LOSSES
 from pgm_jax.train import loop
-from pgm_jax.train.step import LOSSES, jit_train_step, make_train_step, state_shardings
+from pgm_jax.train.step import jit_train_step, make_train_step, state_shardings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

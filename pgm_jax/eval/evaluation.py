@@ -8,10 +8,11 @@ from ml_collections import ConfigDict
 from pgm_jax.data import TextTokenizer
 from pgm_jax.eval import genppl
 from pgm_jax.eval.judge import Judge
+from pgm_jax.objectives.losses import LOSSES
 from pgm_jax.restore import restore_params
 from pgm_jax.sampling.from_run import on_current_schema
 from pgm_jax.train import loop
-from pgm_jax.train.step import LOSSES, jit_eval_step, make_eval_step
+from pgm_jax.train.step import jit_eval_step, make_eval_step
 
 
 def validation(workdir: str, config: ConfigDict, step: int | None, max_batches: int

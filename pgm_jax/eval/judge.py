@@ -16,13 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pgm_jax import objectives
 from pgm_jax.config import ConfigError, load_run_config, model_config
 from pgm_jax.data import load_tokenizer
 from pgm_jax.data.gpt2 import FILE_PAIRS, GPT2Tokenizer
 from pgm_jax.eval.genppl import TokenNll, encode_with_specials
 from pgm_jax.interop import CheckpointFormatError
 from pgm_jax.models import gpt2
+from pgm_jax.models.heads import target_logprob
 from pgm_jax.restore import restore_params
 
 NO_MASK = -1  # GPT-2 has no MASK id: `target_logprob` then normalises over the whole vocabulary
@@ -55,7 +55,7 @@ def _next_token_nll(graphdef: nnx.GraphDef, params: dict, tokens: jax.Array, mas
                     ) -> jax.Array:
     """-log p(tokens[:, i+1] | tokens[:, :i+1]) float32 [B, T-1] (MASK excluded if any)."""
     logits = nnx.merge(graphdef, params)(tokens)
-    return -objectives.target_logprob(logits[:, :-1], tokens[:, 1:], mask_index)
+    return -target_logprob(logits[:, :-1], tokens[:, 1:], mask_index)
 
 
 def _scorer(graphdef: nnx.GraphDef, params: dict, mask_index: int) -> TokenNll:

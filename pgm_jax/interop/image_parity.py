@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pgm_jax import image_objectives
 from pgm_jax.interop.image_convert import load_image_weights
 from pgm_jax.interop.parity import Row, UnsupportedFixture, compare
 from pgm_jax.interop.torch_ckpt import CheckpointFormatError
 from pgm_jax.models import ModelConfig, build_model, layers
+from pgm_jax.objectives import image as image_objectives
 
 WEIGHT_FILES = {"npz": "state_dict.npz", "ckpt": "checkpoint.pth"}
 INFERENCE_CALLS = ("inf", "inf_step0", "inf_conf")  # io.npz prefixes of the recorded calls

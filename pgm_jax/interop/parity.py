@@ -23,11 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pgm_jax import objectives
 from pgm_jax.interop.convert import read_reference_checkpoint
 from pgm_jax.interop.state_dict import load_state_dict
 from pgm_jax.interop.torch_ckpt import CheckpointFormatError
 from pgm_jax.models import ModelConfig, build_model
+from pgm_jax.objectives import schedule
 from pgm_jax.sampling.categorical import categorical_from_uniform
 
 # Tolerances (fp32): README_text.md §7.
@@ -121,7 +121,7 @@ def _pgm_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarra
     out: dict[str, np.ndarray] = {}
     if "x" in io and "groups" in io:
         logits, dbg = forward(model, "__call__", jnp.asarray(io["x"]), jnp.asarray(io["groups"]))
-        lp = objectives.pgm_logprobs(logits, mask_index)
+        lp = schedule.pgm_logprobs(logits, mask_index)
         out[f"logprobs_{prefix}"] = lp
         suffix = "" if prefix == "raw" else "_ema"
         if prefix == "raw":
@@ -133,19 +133,19 @@ def _pgm_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarra
             t = jnp.asarray(io["t"])
             valid = jnp.asarray(io["valid"])
             for split, train in (("train", True), ("val", False)):
-                nll = objectives.pgm_token_nll(logp_x0, jnp.asarray(io["groups"]), t,
+                nll = schedule.pgm_token_nll(logp_x0, jnp.asarray(io["groups"]), t,
                                                train=train)
-                total, count = objectives.masked_mean(nll, valid)
+                total, count = schedule.masked_mean(nll, valid)
                 out[f"token_nll_{split}{suffix}"] = nll
                 out[("loss_train" if train else "nelbo_val") + suffix] = total / count
-            out["t"] = objectives.stratify(jnp.asarray(io["t_uniform_u"]))
+            out["t"] = schedule.stratify(jnp.asarray(io["t_uniform_u"]))
     for tag in ("inf", "infu"):
         if f"{tag}_x" not in io:
             continue
         logits, dbg = forward(
             model, "infer", *(jnp.asarray(io[f"{tag}_{k}"]) for k in
                               ("x", "clean_positions", "noisy_positions", "concrete_lengths")))
-        out[f"{tag}_logprobs_{prefix}"] = objectives.pgm_logprobs(logits, mask_index)
+        out[f"{tag}_logprobs_{prefix}"] = schedule.pgm_logprobs(logits, mask_index)
         if prefix == "raw":
             out[f"{tag}_logits_raw"] = logits
             out[f"{tag}_dbg_groupswap"] = dbg["groupswap"]
@@ -161,7 +161,7 @@ def _dit_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarra
     out: dict[str, np.ndarray] = {}
     xt, x0 = jnp.asarray(io["x"]), jnp.asarray(io["x0"])
     logits, dbg = forward(model, "__call__", xt)
-    lp = objectives.subs_logprobs(logits, xt, mask_index)
+    lp = schedule.subs_logprobs(logits, xt, mask_index)
     suffix = "" if prefix == "raw" else "_ema"
     out[f"logprobs_{prefix}"] = lp
     if prefix == "raw":
@@ -170,12 +170,12 @@ def _dit_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarra
             out[f"dbg_{k}"] = jnp.broadcast_to(v, io.get(f"dbg_{k}", v).shape)
     if "t" in io:
         logp_x0 = jnp.take_along_axis(lp, x0[..., None], -1)[..., 0]
-        nll = objectives.mdlm_token_nll(logp_x0, xt, jnp.asarray(io["t"]), mask_index)
-        total, count = objectives.masked_mean(nll, jnp.asarray(io["valid"]))
+        nll = schedule.mdlm_token_nll(logp_x0, xt, jnp.asarray(io["t"]), mask_index)
+        total, count = schedule.masked_mean(nll, jnp.asarray(io["valid"]))
         out[f"token_nll{suffix}"] = nll
         out[f"loss_train{suffix}"] = total / count
         out[f"nelbo_val{suffix}"] = total / count
-        out["t"] = objectives.stratify(jnp.asarray(io["t_uniform_u"]))
+        out["t"] = schedule.stratify(jnp.asarray(io["t_uniform_u"]))
     return out
 
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgm_jax import objectives
+from pgm_jax.objectives import schedule
 from pgm_jax.sampling.categorical import sample_logits, x64_scope
 
 Array = jax.Array
@@ -41,7 +41,7 @@ def _sample(graphdef, params, x, key, *, steps, top_p, temperature, float64, cac
     def features(x, t):
         """(last hidden [N, L, H], conditioning [N, C]); the head's output is left unused."""
         debug: dict = {}
-        sigma = jnp.full((n,), -jnp.log(objectives.alpha(t)), jnp.float32)
+        sigma = jnp.full((n,), -jnp.log(schedule.alpha(t)), jnp.float32)
         model(x, sigma=sigma, debug=debug)
         return debug[last_block], debug["cond"]
 
@@ -59,7 +59,7 @@ def _sample(graphdef, params, x, key, *, steps, top_p, temperature, float64, cac
         return new, hidden, cond, stale
 
     def body(i, state):
-        a_t, a_s = objectives.alpha(ts[i]), objectives.alpha(ts[i + 1])
+        a_t, a_s = schedule.alpha(ts[i]), schedule.alpha(ts[i + 1])
         return update(i, state, ts[i], (a_s - a_t) / (1.0 - a_t))
 
     h, c = model.cfg.hidden_size, model.cfg.cond_dim

@@ -28,6 +28,7 @@ from pgm_jax.data.images import ImageData, load_image_data
 from pgm_jax.eval import grid
 from pgm_jax.metrics import TB_DIR, MetricsWriter, NonFiniteError, Progress, nonfinite
 from pgm_jax.models import ModelConfig, build_model
+from pgm_jax.objectives.losses import LOSSES
 from pgm_jax.restore import CHECKPOINT_DIR
 from pgm_jax.sampling import generate
 from pgm_jax.sampling import image as image_sampling
@@ -35,7 +36,6 @@ from pgm_jax.tensorboard import ProfileWindow
 from pgm_jax.train import optim
 from pgm_jax.train.preemption import PreemptionWatch
 from pgm_jax.train.step import (
-    LOSSES,
     TrainState,
     init_state,
     jit_eval_step,

@@ -1,4 +1,4 @@
-"""Train state, losses and the pure train / eval steps (jitted with explicit shardings).
+"""Train state and the pure train / eval steps (jitted with explicit shardings).
 
 The model is split once into a static `graphdef` and a pure-dict parameter tree; the steps
 merge them inside the traced function (flax gemma's functional pattern), so the state is a
@@ -18,12 +18,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pgm_jax import image_objectives, objectives, sharding
-from pgm_jax.models import AR, PGM, DiT
+from pgm_jax import sharding
+from pgm_jax.objectives.losses import LossFn
+from pgm_jax.objectives.schedule import antithetic_t
 
 Array = jax.Array
 Batch = dict[str, Array]
-LossFn = Callable[[nnx.Module, Batch, Array, bool], tuple[Array, Array]]
 
 
 @flax.struct.dataclass
@@ -39,83 +39,6 @@ class TrainState:
     opt_state: Any
     ema: dict
     key: Array
-
-
-def pgm_loss(model: PGM, batch: Batch, key: Array, train: bool) -> tuple[Array, Array]:
-    """PGM objective: (sum of weighted token NLLs, number of valid tokens).
-
-    batch: tokens int32 [B, L], valid int32 [B, L] (optional segment_ids [B, L]). The times are
-    stratified over the whole (global) batch; the partition is g ~ Bernoulli(1 - alpha_t).
-    """
-    tokens, valid = batch["tokens"], batch["valid"]
-    k_t, k_g, k_drop = jax.random.split(key, 3)
-    t = objectives.batch_times(k_t, batch)
-    groups = objectives.sample_partition(k_g, t, tokens.shape)
-    logp = model(tokens, groups, key=k_drop if train else None,
-                 segment_ids=batch.get("segment_ids"), targets=tokens)
-    nll = objectives.pgm_token_nll(logp, groups, t, train=train)
-    return objectives.masked_mean(nll, valid)
-
-
-def mdlm_loss(model: DiT, batch: Batch, key: Array, train: bool) -> tuple[Array, Array]:
-    """MDLM objective (same estimator for train and eval): masked tokens weighted by 1/t.
-
-    The backbone gets sigma = -log(alpha_t); it only reads it with time conditioning on.
-    """
-    tokens, valid = batch["tokens"], batch["valid"]
-    k_t, k_m, k_drop = jax.random.split(key, 3)
-    t = objectives.batch_times(k_t, batch)
-    xt = objectives.mask_tokens(k_m, tokens, t, model.cfg.mask_index)
-    # SUBS adds -1e6 to the MASK logit; -inf gives the same log-probs to float32 precision.
-    logp = model(xt, sigma=objectives.sigma_of(t), key=k_drop if train else None,
-                 targets=tokens)
-    nll = objectives.mdlm_token_nll(logp, xt, t, model.cfg.mask_index)
-    return objectives.masked_mean(nll, valid)
-
-
-def complement_mdlm_loss(model: DiT, batch: Batch, key: Array, train: bool
-                         ) -> tuple[Array, Array]:
-    """Complementary-masking MDLM (spec §2.7); evaluation is plain MDLM, as in the reference.
-
-    Training runs one DiT pass over 2B sequences, x_t (time t) and x_t^c (time 1 - t), with
-    the same t and x_t as `mdlm_loss` draws from `key`.
-    """
-    if not train:
-        return mdlm_loss(model, batch, key, train)
-    tokens, valid = batch["tokens"], batch["valid"]
-    b, mask = tokens.shape[0], model.cfg.mask_index
-    k_t, k_m, k_drop = jax.random.split(key, 3)
-    t = objectives.batch_times(k_t, batch)
-    xt = objectives.mask_tokens(k_m, tokens, t, mask)
-    xtc = objectives.complement_mask(tokens, xt, mask)
-    # Interleaved [x_t^0, x_t^c0, x_t^1, ...] rather than concatenated: each device's slice of
-    # the batch-sharded inputs stays on that device.
-    pair = lambda a, c: jnp.stack([a, c], axis=1).reshape(2 * b, *a.shape[1:])
-    logp = model(pair(xt, xtc), sigma=objectives.sigma_of(pair(t, 1.0 - t)), key=k_drop,
-                 targets=pair(tokens, tokens)).reshape(b, 2, -1)
-    nll = objectives.complement_mdlm_token_nll(logp[:, 0], logp[:, 1], tokens, xt, t, mask)
-    return objectives.masked_mean(nll, valid)
-
-
-def ar_loss(model: AR, batch: Batch, key: Array, train: bool) -> tuple[Array, Array]:
-    """Autoregressive NLL, exact (train and eval): position i predicts token i + 1.
-
-    As in the reference, the model reads tokens[:, :-1] and the first token is never scored.
-    """
-    tokens, valid = batch["tokens"], batch["valid"]
-    logp = model(tokens[:, :-1], key=key if train else None, targets=tokens[:, 1:])
-    return objectives.masked_mean(-logp, valid[:, 1:])
-
-
-# By `config.algo`.
-LOSSES: dict[str, LossFn] = {
-    "pgm": pgm_loss,
-    "mdlm": mdlm_loss,
-    "complement_mdlm": complement_mdlm_loss,
-    "ar": ar_loss,
-    "image_pgm": image_objectives.image_pgm_loss,
-    "maskgit": image_objectives.maskgit_loss,
-}
 
 
 def ema_decay_at(step: Array, decay: float) -> Array:
@@ -179,7 +102,8 @@ def accumulated_grads(graphdef: nnx.GraphDef, loss_fn: LossFn, params: dict, bat
 
     With grad_accum > 1 a `lax.scan` runs the micro-batches one after another, so activations
     exist for one micro-batch at a time; the diffusion times are drawn once, stratified over
-    the global batch, and sliced like the tokens (`batch["t"]`, see `objectives.batch_times`).
+    the global batch, and sliced like the tokens (`batch["t"]`, see
+    `objectives.schedule.batch_times`).
     Micro-batch j draws its other noise from `fold_in(key, j)`.
     """
 
@@ -193,7 +117,7 @@ def accumulated_grads(graphdef: nnx.GraphDef, loss_fn: LossFn, params: dict, bat
     if grad_accum == 1:
         return grads_of(batch, key)
     k_t, key = jax.random.split(key)
-    t = objectives.antithetic_t(k_t, batch["tokens"].shape[0])
+    t = antithetic_t(k_t, batch["tokens"].shape[0])
     micro = microbatches({**batch, "t": t}, grad_accum, data_shards)
 
     def body(acc, xs):

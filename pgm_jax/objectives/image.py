@@ -12,7 +12,7 @@ Labels are replaced by the null class with probability `label_dropout` (§3.3), 
 and, as the reference's `eval_one_epoch` does, in evaluation; evaluation turns dropout off.
 One deliberate difference: the reference evaluates MaskGIT with `get_mask_code(value=-1)`, which
 masks nothing (its validation loss scores an identity map); ours masks as in training.
-Every loss returns (sum of token NLLs, number of tokens), like `objectives.masked_mean`.
+Every loss returns (sum of token NLLs, number of tokens), like `schedule.masked_mean`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from pgm_jax import objectives
+from pgm_jax.models.heads import target_logprob
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -69,12 +69,12 @@ def with_bos(codes: Array, bos_id: int) -> Array:
 def pgm_logits_nll(logits: Array, x: Array, mask_index: int) -> Array:
     """The reference's per-token PGM cross-entropy float32 [B, N] from training logits
     [B, N+1, V] and inputs x [B, N+1]: mask column excluded (-1e6 there), BOS row dropped."""
-    return -objectives.target_logprob(logits, x, mask_index)[:, 1:]
+    return -target_logprob(logits, x, mask_index)[:, 1:]
 
 
 def maskgit_logits_nll(logits: Array, codes: Array) -> Array:
     """MaskGIT per-token cross-entropy float32 [B, N] over every logit column."""
-    return -objectives.target_logprob(logits, codes, -1)
+    return -target_logprob(logits, codes, -1)
 
 
 def _token_count(nll: Array) -> tuple[Array, Array]:

@@ -1,4 +1,5 @@
-"""Noise schedule, time/partition sampling, post-processing and losses (spec §2).
+"""Text diffusion pieces (spec §2): noise schedule, times, partitions and masking,
+logit post-processing and the per-token loss terms the text losses (`objectives.text`) sum.
 
 Log-linear schedule: alpha_t = 1 - (1 - eps) t with eps = 1e-3, alpha'_t = -(1 - eps).
 PGM: partition g ~ Bernoulli(1 - alpha_t); group 1 (predicted from group 0) gets the MDLM
@@ -12,8 +13,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-
-from pgm_jax.models.heads import chunked_target_logprob, target_logprob  # noqa: F401 (re-exported)
 
 Array = jax.Array
 
