@@ -17,14 +17,14 @@ GPUs in the reference; we have not reproduced them):
   complement_mdlm  MDLM trained with complementary masking    169,627,218 params  ppl 22.98
   cpu              a 2 + 2 block, H 256 PGM for smoke runs on a CPU (no paper number)
 Default: pgm_8_8 (the released `pgm_8_8.ckpt`). Optimizer, schedule, EMA, clipping and batch
-are the reference's (configs/base.py defaults: AdamW 3e-4, 2,500 warm-up steps then
+are the reference's (pgm_jax/schema.py defaults: AdamW 3e-4, 2,500 warm-up steps then
 constant, clip 1.0, EMA 0.9999, global batch 512); sampling uses the evaluation scripts'
 128 steps (8 tokens per step for PGM).
 """
 
 from ml_collections import ConfigDict
 
-from configs.lm1b import paper_config
+from configs.presets import paper_config
 
 PRESETS = ("pgm_8_8", "pgm_6_6_dim1024", "pgm_6_6", "mdlm", "complement_mdlm", "cpu")
 

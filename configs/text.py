@@ -10,7 +10,7 @@ comes from the prepared tokenizer. Padded data (`--layout=pad`) can be packed wi
 
 Presets:
   pgm      PGM, 6 encoder / 6 decoder blocks, H 768 (the paper's OWT pgm_6_6 shape), the
-           reference optimizer (configs/base.py)
+           reference optimizer (pgm_jax/schema.py defaults)
   mdlm     the MDLM baseline, 12-block DiT, H 768
   cpu      a 2 + 2 block, H 256 PGM with L = 256 for smoke runs on a CPU: prepare with
            --length=256 (no reference number)
@@ -19,7 +19,7 @@ Presets:
 from ml_collections import ConfigDict
 
 from configs import base
-from configs.lm1b import shrink_for_cpu
+from configs.presets import shrink_for_cpu
 
 PRESETS = ("pgm", "mdlm", "cpu")
 

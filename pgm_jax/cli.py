@@ -115,9 +115,9 @@ def _unknown_key(argv: list[str], e: Exception) -> str:
     for arg in argv[1:]:
         flag = arg.lstrip("-").split("=", 1)[0]
         if "." in flag and name in flag.split(".")[1:]:
-            return (f"--{flag}: {name!r} is not a config key{hint}; configs/base.py "
+            return (f"--{flag}: {name!r} is not a config key{hint}; pgm_jax/schema.py "
                     "documents every key")
-    return f"unknown config key {name!r}{hint}; configs/base.py documents every key"
+    return f"unknown config key {name!r}{hint}; pgm_jax/schema.py documents every key"
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

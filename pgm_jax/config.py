@@ -12,6 +12,7 @@ import os
 from ml_collections import ConfigDict
 
 from pgm_jax.models import ModelConfig
+from pgm_jax.schema import default_config
 
 NONFINITE = ("skip", "stop")  # config.train.nonfinite: what a NaN / Inf loss or gradient does
 ALGO_TO_KIND = {"pgm": "pgm", "mdlm": "mdlm_dit", "complement_mdlm": "mdlm_dit", "ar": "ar",
@@ -145,20 +146,19 @@ def _check_image(config: ConfigDict) -> None:
 
 
 def _check_schema(config: ConfigDict) -> None:
-    """Every key of configs/base.py present with its type (an int may stand for a float), and
-    no other key: a misspelt key in a config file would otherwise be silently ignored."""
-    from configs import base
-
-    expected, given = flatten(base.get_config()), flatten(config)
+    """Every key of the schema (pgm_jax/schema.py) present with its type (an int may stand for a
+    float), and no other key: a misspelt key in a config file would otherwise be ignored."""
+    expected, given = flatten(default_config()), flatten(config)
     for key in given.keys() - expected.keys():
         close = difflib.get_close_matches(key, expected, n=1)
         hint = f"did you mean config.{close[0]}? " if close else ""
-        raise ConfigError(f"config.{key}: unknown key ({hint}configs/base.py documents every "
-                          "key)")
+        raise ConfigError(f"config.{key}: unknown key ({hint}pgm_jax/schema.py documents "
+                          "every key)")
     for key, default in expected.items():
         if key not in given:
             raise ConfigError(f"config.{key} is missing: build the config on "
-                              "configs.base.get_config(), which sets every key")
+                              "pgm_jax.schema.default_config() (configs/base.py), which sets "
+                              "every key")
         value, kind = given[key], type(default)
         ok = (isinstance(value, int | float) and not isinstance(value, bool) if kind is float
               else isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))

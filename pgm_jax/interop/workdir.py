@@ -27,6 +27,7 @@ from pgm_jax.interop.state_dict import state_dict_to_params
 from pgm_jax.interop.torch_ckpt import CheckpointFormatError
 from pgm_jax.models import build_model
 from pgm_jax.restore import CHECKPOINT_DIR
+from pgm_jax.schema import default_config
 
 
 def run_config_from_hparams(hp: dict, base: ConfigDict, source: str | Path = "hparams.json"
@@ -50,7 +51,7 @@ def run_config_from_hparams(hp: dict, base: ConfigDict, source: str | Path = "hp
             if getattr(kept, f.name) != getattr(mcfg, f.name)]
     if lost:
         raise config_lib.ConfigError(
-            f"{source}: {', '.join(lost)} cannot be expressed with the keys of configs/base.py")
+            f"{source}: {', '.join(lost)} cannot be expressed with the keys of pgm_jax/schema.py")
     return c
 
 
@@ -60,14 +61,12 @@ def run_config(checkpoint: str, config: ConfigDict | None, vocab_size: int | Non
     `hparams.json` beside `checkpoint`; a vocabulary left to the tokenizer (-1) is taken from
     the checkpoint (`vocab_size`, None if unknown). Validated."""
     if config is None:
-        from configs import base
-
         hparams = Path(checkpoint).parent / "hparams.json"
         if not hparams.exists():
             raise config_lib.ConfigError(
                 f"no config: pass --config=FILE[:PRESET] matching {checkpoint} (e.g. "
                 "configs/owt.py:pgm_8_8); only fixture directories carry an hparams.json")
-        config = run_config_from_hparams(json.loads(hparams.read_text()), base.get_config(),
+        config = run_config_from_hparams(json.loads(hparams.read_text()), default_config(),
                                          hparams)
     else:
         config = ConfigDict(config.to_dict())

@@ -19,11 +19,12 @@ from pgm_jax.data import DataError, TextTokenizer, load_tokenizer
 from pgm_jax.models import ModelConfig
 from pgm_jax.restore import restore_params
 from pgm_jax.sampling import PGM_MODES, generate_many
+from pgm_jax.schema import default_config
 
 
 @dataclasses.dataclass(frozen=True)
 class SampleSettings:
-    """What `generate_many` needs besides the model (see configs/base.py, `sample.*`)."""
+    """What `generate_many` needs besides the model (see pgm_jax/schema.py, `sample.*`)."""
 
     num_samples: int
     batch_size: int
@@ -39,11 +40,9 @@ class SampleSettings:
 
 
 def on_current_schema(stored: ConfigDict) -> ConfigDict:
-    """A run's stored config on today's `configs/base.py`: keys added since the run was written
-    take their defaults, keys since removed are dropped (both logged)."""
-    from configs import base
-
-    config = base.get_config()
+    """A run's stored config on today's schema (pgm_jax/schema.py): keys added since the run
+    was written take their defaults, keys since removed are dropped (both logged)."""
+    config = default_config()
     current, old = flatten(config), flatten(stored)
     for key, value in old.items():
         if key in current:
