@@ -11,10 +11,14 @@ Saves are asynchronous; restores take an abstract target whose leaves carry the 
 mesh's shardings, so a checkpoint restores onto any mesh and any number of devices.
 
 Integrity. orbax commits a step by renaming its temporary directory, so a process killed while
-saving leaves no step behind. A step damaged later (a truncated or missing file) fails the
-`files.json` check or the restore itself; `restore_newest` then falls back to the newest step
-that restores, with a warning naming the damaged one, and moves damaged newer steps aside
-(`<step>.damaged`) so the run can save those steps again.
+saving leaves no step behind. A step damaged later fails the `files.json` check (a file
+missing or not at its recorded size) or, for a step without `files.json`, its restore reports
+the data itself unreadable (a file missing, truncated or undecodable: `CheckpointDamaged`).
+Only then does `restore_newest` fall back to the newest step that restores, with a warning
+naming the damaged one, and move damaged newer steps aside (`<step>.damaged`) so the run can
+save those steps again. Any other restore failure (an I/O error, running out of memory, a
+target that does not fit the saved arrays) is not damage: it raises `CheckpointError` and
+changes nothing on disk, so a transient error never rolls a run back.
 
 Retention keeps the newest `keep` *verified* steps (saved to completion by this code, every
 file of `files.json` present at its size) and everything newer; damaged or unverified steps
@@ -35,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +55,32 @@ MANIFEST = "files.json"
 
 class CheckpointError(RuntimeError):
     """A missing or unreadable checkpoint; the message names the directory and step."""
+
+
+class CheckpointDamaged(CheckpointError):
+    """An integrity failure: a file of the step is missing, not at its recorded size, or
+    unreadable as data. The only restore failure that `restore_newest` falls back from."""
+
+
+# tensorstore status codes (the prefix of its error messages) that mean the stored bytes are
+# missing or do not decode: a truncated chunk reads OUT_OF_RANGE, a deleted one NOT_FOUND.
+# Every other code (UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, ...) may be transient.
+_DAMAGE_STATUS = re.compile(r"\b(DATA_LOSS|OUT_OF_RANGE|NOT_FOUND):")
+
+
+def _is_damage(error: BaseException) -> bool:
+    """Whether `error` (or an exception it was raised from) says the stored data is missing
+    or does not decode, as opposed to a failure of the machine or of the restore target."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (FileNotFoundError, json.JSONDecodeError)):
+            return True
+        if _DAMAGE_STATUS.search(str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def abstract(tree: Any, shardings: Any) -> Any:
@@ -200,8 +231,8 @@ class Checkpointer:
             )
         problem = self.problem(step)
         if problem is not None:
-            raise CheckpointError(f"checkpoint step {step} in {self.directory} is damaged: "
-                                  f"{problem}")
+            raise CheckpointDamaged(f"checkpoint step {step} in {self.directory} is damaged: "
+                                    f"{problem}")
         args = {
             name: DataStateRestore() if target is None else ocp.args.StandardRestore(target)
             for name, target in targets.items()
@@ -210,9 +241,13 @@ class Checkpointer:
             restored = self._mgr.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # tensorstore reports unreadable data as a bare Exception
             first = str(e).splitlines()[0] if str(e) else ""
+            if _is_damage(e):
+                raise CheckpointDamaged(
+                    f"checkpoint step {step} in {self.directory} is damaged: "
+                    f"{type(e).__name__}: {first[:300]}") from e
             raise CheckpointError(
-                f"cannot restore step {step} from {self.directory}: {type(e).__name__}: "
-                f"{first[:300]}"
+                f"cannot restore step {step} from {self.directory} (nothing was changed on "
+                f"disk; fix the cause and rerun): {type(e).__name__}: {first[:300]}"
             ) from e
         return {name: restored[name] for name in targets}
 
@@ -220,15 +255,17 @@ class Checkpointer:
                        ) -> tuple[int, dict[str, Any]] | None:
         """(step, items) of the newest checkpoint that restores; None if there is none.
 
-        targets: step -> the `restore` targets for that step. Damaged steps are skipped with a
-        warning and, unless read-only, moved aside to `<step>.damaged` so that the resumed run
-        can save those steps again. Raises CheckpointError when no step restores.
+        targets: step -> the `restore` targets for that step. Damaged steps
+        (`CheckpointDamaged`) are skipped with a warning and, once an older step has restored,
+        moved aside to `<step>.damaged` (unless read-only) so that the resumed run can save
+        those steps again. Any other failure raises CheckpointError at once, with nothing
+        moved; so does a directory where no step restores.
         """
         damaged: list[tuple[int, str]] = []
         for step in reversed(self.all_steps()):
             try:
                 restored = self.restore(step, targets(step))
-            except CheckpointError as e:
+            except CheckpointDamaged as e:
                 logging.warning("%s: falling back to an older checkpoint", e)
                 damaged.append((step, str(e)))
                 continue
@@ -299,6 +336,12 @@ class Checkpointer:
     def close(self) -> None:
         self.wait()
         self._mgr.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @staticmethod
     def _sync(name: str) -> None:

@@ -31,14 +31,14 @@ def restore_params(workdir: str, model_cfg: ModelConfig, mesh: jax.sharding.Mesh
     abstract_model = nnx.eval_shape(lambda: build_model(model_cfg))
     graphdef, abstract_state = nnx.split(abstract_model)
     shardings = sharding.named(mesh, sharding.param_specs(abstract_model, mesh))
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), read_only=True)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise checkpoint.CheckpointError(
-            f"no checkpoint in {ckpt.directory}: train with pgm_jax.main or convert one "
-            "with pgm_jax.convert"
-        )
     target = checkpoint.abstract(nnx.to_pure_dict(abstract_state), shardings)
-    params = ckpt.restore(step, {item: target})[item]
-    ckpt.close()
+    # closed whether or not the restore succeeds
+    with checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), read_only=True) as ckpt:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise checkpoint.CheckpointError(
+                f"no checkpoint in {ckpt.directory}: train with pgm_jax.main or convert one "
+                "with pgm_jax.convert"
+            )
+        params = ckpt.restore(step, {item: target})[item]
     return graphdef, params, step

@@ -25,6 +25,7 @@ from pgm_jax.restore import CHECKPOINT_DIR, restore_params
 from pgm_jax.sampling import generate
 from pgm_jax.train import loop
 from pgm_jax.train.step import jit_eval_step, make_eval_step
+from tests.helpers import tiny_config
 from tests.test_train import REPO, tiny
 
 N = 24  # steps of the uninterrupted reference run
@@ -338,3 +339,133 @@ def test_cli_reports_a_stopped_run_in_one_line_with_status_1():
     assert out.stderr.strip().splitlines()[-1] == "error: step 7: non-finite loss=nan"
     assert "Traceback" not in out.stderr
 
+
+def _failing_restore(ckpt: checkpoint.Checkpointer, failing_step: int, error: Exception):
+    """Makes orbax's restore of `failing_step` raise `error` (other steps restore normally)."""
+    real = ckpt._mgr.restore
+
+    def restore(step, *args, **kwargs):
+        if step == failing_step:
+            raise error
+        return real(step, *args, **kwargs)
+
+    ckpt._mgr.restore = restore
+
+
+def _tree_listing(directory: str) -> list[tuple[str, int]]:
+    return sorted((os.path.relpath(os.path.join(root, f), directory),
+                   os.path.getsize(os.path.join(root, f)))
+                  for root, _, files in os.walk(directory) for f in files)
+
+
+@pytest.mark.parametrize("error", [
+    OSError(5, "Input/output error"),
+    RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB"),
+    ValueError("UNAVAILABLE: Error reading local file: connection reset"),
+], ids=["io-error", "oom", "unavailable"])
+def test_transient_restore_error_stops_without_rolling_back(tmp_path, error):
+    """Hardening a: only integrity failures fall back; anything else raises CheckpointError
+    (not CheckpointDamaged) naming the step, and every file stays where it was."""
+    directory = str(tmp_path / "ckpt")
+    _save(directory, [1, 2], keep=3)
+    before = _tree_listing(directory)
+    ckpt = checkpoint.Checkpointer(directory)
+    _failing_restore(ckpt, 2, error)
+    with pytest.raises(checkpoint.CheckpointError, match="cannot restore step 2") as raised:
+        ckpt.restore_newest(lambda _: _targets())
+    assert not isinstance(raised.value, checkpoint.CheckpointDamaged)
+    assert "\n" not in str(raised.value)
+    ckpt.close()
+    assert _tree_listing(directory) == before  # nothing moved aside, nothing deleted
+    assert checkpoint.Checkpointer(directory, read_only=True).all_steps() == [1, 2]
+
+
+def test_target_that_does_not_fit_is_not_damage(tmp_path):
+    """A restore target of the wrong shape (another model or mesh) stops the run; the step
+    is intact and stays."""
+    directory = str(tmp_path / "ckpt")
+    _save(directory, [1, 2], keep=3)
+    before = _tree_listing(directory)
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    wrong = {"w": jax.ShapeDtypeStruct((32, 64), jnp.float32), "b": SMALL["b"]}
+    targets = {"params": checkpoint.abstract(
+        wrong, jax.tree.map(lambda _: sharding.replicated(mesh), wrong))}
+    ckpt = checkpoint.Checkpointer(directory)
+    with pytest.raises(checkpoint.CheckpointError, match="cannot restore step 2") as raised:
+        ckpt.restore_newest(lambda _: targets)
+    ckpt.close()
+    assert not isinstance(raised.value, checkpoint.CheckpointDamaged)
+    assert _tree_listing(directory) == before
+
+
+def test_unreadable_data_counts_as_damage(tmp_path):
+    """Without files.json, tensorstore's OUT_OF_RANGE (truncated) / NOT_FOUND (deleted) and an
+    undecodable data item are damage: CheckpointDamaged, and restore_newest falls back."""
+    directory = str(tmp_path / "ckpt")
+    _save(directory, [1, 2, 3], keep=3)
+    ckpt = checkpoint.Checkpointer(directory)
+    for s in (2, 3):
+        os.remove(os.path.join(ckpt.step_dir(s), checkpoint.MANIFEST))
+    truncate_largest(ckpt.step_dir(2))
+    (data_file,) = glob.glob(os.path.join(ckpt.step_dir(3), "data", "process_*.json"))
+    with open(data_file, "w") as f:
+        f.write("{not json")
+    for s in (2, 3):
+        with pytest.raises(checkpoint.CheckpointDamaged, match=f"step {s} .* damaged"):
+            ckpt.restore(s, _targets())
+    step, _ = ckpt.restore_newest(lambda _: _targets())
+    assert step == 1 and ckpt.all_steps() == [1]
+    ckpt.close()
+
+
+def test_transient_restore_error_exits_2_in_one_line(tmp_path):
+    """Through the entry-point wrapper: `error: cannot restore step 2 ...`, exit status 2, no
+    traceback, checkpoint directory unchanged."""
+    directory = str(tmp_path / "ckpt")
+    _save(directory, [1, 2], keep=3)
+    before = _tree_listing(directory)
+    code = f"""
+import jax, jax.numpy as jnp
+from pgm_jax import checkpoint, cli, sharding
+
+def main(argv):
+    ckpt = checkpoint.Checkpointer({directory!r})
+    real = ckpt._mgr.restore
+    def restore(step, *args, **kwargs):
+        if step == 2:
+            raise OSError(5, "Input/output error")
+        return real(step, *args, **kwargs)
+    ckpt._mgr.restore = restore
+    tree = {{"w": jnp.zeros((64, 64)), "b": jnp.zeros((64,))}}
+    mesh = sharding.make_mesh({{"data": 1}}, jax.devices()[:1])
+    target = checkpoint.abstract(tree, jax.tree.map(lambda _: sharding.replicated(mesh), tree))
+    try:
+        ckpt.restore_newest(lambda _: {{"params": target, "data": None}})
+    finally:
+        ckpt.close()
+
+cli.run(main)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot restore step 2 from ") and "Input/output" in last
+    assert "Traceback" not in out.stderr
+    assert _tree_listing(directory) == before
+
+
+def test_checkpointer_is_closed_when_its_restore_fails(tmp_path, monkeypatch):
+    """Hardening f: restore_params closes its checkpointer when the restore raises."""
+    directory = str(tmp_path / CHECKPOINT_DIR)
+    _save(directory, [1], keep=3)
+    closed = []
+    real_close = checkpoint.Checkpointer.close
+    monkeypatch.setattr(checkpoint.Checkpointer, "close",
+                        lambda self: closed.append(self.directory) or real_close(self))
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    with pytest.raises(checkpoint.CheckpointError):  # the saved tree is not this model
+        restore_params(str(tmp_path), tiny_config(), mesh, step=1)
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint for step 7"):
+        restore_params(str(tmp_path), tiny_config(), mesh, step=7)
+    assert closed == [directory, directory]
