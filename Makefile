@@ -35,10 +35,12 @@ demo-images: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q --durations=10
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean-demo:
 	rm -rf $(DEMO_DIR) $(DEMO_DIR)-mdlm $(DIGITS_DIR)
