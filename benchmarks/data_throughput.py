@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import owt as owt_config
 from pgm_jax.data.benchmark import run_benchmark
-from pgm_jax.data.preparation import Options, prepare
+from pgm_jax.data.prepare_text import Options, prepare
 
 _CORPUS = flags.DEFINE_string("corpus", "/tmp/owt_corpus", "Generated corpus folder.")
 _OUTPUT = flags.DEFINE_string("output", "/tmp/owt_prepared", "Prepared dataset folder.")

@@ -1,27 +1,17 @@
-"""Loading a run's weights and tokenizer for inference (sampling, evaluation)."""
+"""Loading a run's weights for inference (sampling, evaluation); its tokenizer comes from
+`pgm_jax.data.load_tokenizer`."""
 
 from __future__ import annotations
 
 import os
 
 import jax
-from absl import logging
 from flax import nnx
 
 from pgm_jax import checkpoint, sharding
-from pgm_jax.data.tokenizer import Tokenizer
 from pgm_jax.models import ModelConfig, build_model
 
 CHECKPOINT_DIR = "checkpoints"
-
-
-def load_tokenizer(workdir: str) -> Tokenizer | None:
-    """The run's sentencepiece tokenizer, or None (e.g. a converted reference checkpoint)."""
-    path = os.path.join(workdir, "tokenizer.model")
-    if not os.path.exists(path):
-        logging.warning("%s not found: samples are written as token ids", path)
-        return None
-    return Tokenizer.from_file(path)
 
 
 def restore_params(workdir: str, model_cfg: ModelConfig, mesh: jax.sharding.Mesh,

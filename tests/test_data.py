@@ -11,7 +11,7 @@ import pytest
 
 from pgm_jax.data import (
     DataError,
-    Tokenizer,
+    SentencePieceTokenizer,
     eval_batches,
     load_documents,
     load_or_train_tokenizer,
@@ -39,8 +39,8 @@ def tokenizer_path(pydoc_docs, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tokenizer_path) -> Tokenizer:
-    return Tokenizer.from_file(tokenizer_path)
+def tokenizer(tokenizer_path) -> SentencePieceTokenizer:
+    return SentencePieceTokenizer.from_file(tokenizer_path)
 
 
 def _data_cfg(**overrides) -> ml_collections.ConfigDict:

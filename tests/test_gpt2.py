@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from pgm_jax.data.gpt2 import ENDOFTEXT, _byte_to_char
+from pgm_jax.data.tokenizers.gpt2 import ENDOFTEXT, _byte_to_char
 from pgm_jax.eval import genppl
 from pgm_jax.eval.judge import gpt2_judge
 from pgm_jax.interop import CheckpointFormatError

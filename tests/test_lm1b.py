@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from pgm_jax.data import DataError, load_text_data
 from pgm_jax.data.lm1b import build_tfds_lm1b, detokenize
-from pgm_jax.data.wordpiece import WordPieceTokenizer
+from pgm_jax.data.tokenizers.wordpiece import WordPieceTokenizer
 
 LENGTH = 16
 N = 40  # mock examples per split

@@ -1,4 +1,4 @@
-"""Tests of offline preparation (`pgm_jax.data.prepare`) and of training data read from it."""
+"""Tests of offline prepare_text (`pgm_jax.data.prepare`) and of training data read from it."""
 
 import json
 import os
@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs import text as text_config
-from pgm_jax.data import DataError, load_text_data, load_tokenizer, preparation
+from pgm_jax.data import DataError, load_text_data, load_tokenizer, prepare_text
 from pgm_jax.data.benchmark import run_benchmark
 from pgm_jax.data.corpus import find_files, read_documents
-from pgm_jax.data.gpt2 import GPT2Tokenizer
-from pgm_jax.data.prepared import open_prepared
+from pgm_jax.data.prepared_store import open_prepared
+from pgm_jax.data.tokenizers.gpt2 import GPT2Tokenizer
 
 LENGTH = 64
 GROUP = 40  # documents wrapped together (1,000 in real runs; small here to cross groups)
@@ -56,18 +56,18 @@ def gpt2():
     return GPT2Tokenizer.from_path()
 
 
-def _options(input_dir, output, **overrides) -> preparation.Options:
+def _options(input_dir, output, **overrides) -> prepare_text.Options:
     fields = dict(command="owt", input=input_dir, output=str(output), tokenizer="gpt2",
                   length=LENGTH, val_docs=50, workers=1)
-    return preparation.Options(**{**fields, **overrides})
+    return prepare_text.Options(**{**fields, **overrides})
 
 
 @pytest.fixture(scope="module")
 def owt(corpus, tmp_path_factory):
     output = tmp_path_factory.mktemp("owt")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(preparation, "WRAP_GROUP", GROUP)
-        manifest = preparation.prepare(_options(corpus[0], output))
+        mp.setattr(prepare_text, "WRAP_GROUP", GROUP)
+        manifest = prepare_text.prepare(_options(corpus[0], output))
     return str(output), manifest
 
 
@@ -116,10 +116,10 @@ def test_wrapped_blocks_retokenize_the_corpus(owt, corpus, gpt2):
 
 
 def test_resume_rewrites_only_missing_shards(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(preparation, "WRAP_GROUP", GROUP)
+    monkeypatch.setattr(prepare_text, "WRAP_GROUP", GROUP)
     output = tmp_path / "resume"
     opts = _options(corpus[0], output, workers=4)  # plan: several shards; run in-process below
-    first = preparation.prepare(preparation.Options(**{**opts.__dict__, "workers": 1}))
+    first = prepare_text.prepare(prepare_text.Options(**{**opts.__dict__, "workers": 1}))
     shards = sorted(f for f in os.listdir(output) if f.endswith(".array_record"))
     assert len(shards) > 2
     mtimes = {f: os.stat(output / f).st_mtime_ns for f in shards}
@@ -127,24 +127,24 @@ def test_resume_rewrites_only_missing_shards(corpus, tmp_path, monkeypatch):
     os.remove(output / victim)
     os.remove(output / (victim + ".json"))
     os.remove(output / "manifest.json")
-    assert preparation.prepare(preparation.Options(**{**opts.__dict__, "workers": 1})) == first
+    assert prepare_text.prepare(prepare_text.Options(**{**opts.__dict__, "workers": 1})) == first
     for f in shards:
         assert (os.stat(output / f).st_mtime_ns == mtimes[f]) == (f != victim)
     with pytest.raises(DataError, match="other options"):
-        preparation.prepare(_options(corpus[0], output, length=LENGTH * 2))
+        prepare_text.prepare(_options(corpus[0], output, length=LENGTH * 2))
 
 
 def test_prepare_errors(corpus, tmp_path):
     with pytest.raises(DataError, match="leaves no training data"):
-        preparation.prepare(_options(corpus[0], tmp_path / "a", val_docs=10**6))
+        prepare_text.prepare(_options(corpus[0], tmp_path / "a", val_docs=10**6))
     with pytest.raises(DataError, match="is not a directory"):
-        preparation.prepare(_options(str(tmp_path / "missing"), tmp_path / "b"))
+        prepare_text.prepare(_options(str(tmp_path / "missing"), tmp_path / "b"))
     assert not (tmp_path / "b").exists()  # bad input leaves the filesystem unchanged
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no"):
-        preparation.prepare(_options(str(tmp_path / "empty"), tmp_path / "c"))
+        prepare_text.prepare(_options(str(tmp_path / "empty"), tmp_path / "c"))
     with pytest.raises(DataError, match="--layout"):
-        preparation.prepare(_options(corpus[0], tmp_path / "d", layout="stack"))
+        prepare_text.prepare(_options(corpus[0], tmp_path / "d", layout="stack"))
 
 
 def _cfg(path: str, **overrides) -> ml_collections.ConfigDict:
@@ -192,7 +192,7 @@ def padded(corpus, tmp_path_factory):
     output = tmp_path_factory.mktemp("padded")
     opts = _options(corpus[0], output, command="text", tokenizer="sentencepiece",
                     vocab_size=300, layout="pad", val_docs=0, val_fraction=0.2, length=32)
-    return str(output), preparation.prepare(opts)
+    return str(output), prepare_text.prepare(opts)
 
 
 def test_padded_layout_and_packing(padded, tmp_path):
@@ -252,7 +252,7 @@ def test_wordpiece_padded_records(corpus, tmp_path):
                                  *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]) + "\n")
     opts = _options(corpus[0], tmp_path / "out", command="text", tokenizer="wordpiece",
                     tokenizer_path=str(vocab), layout="pad", length=24, val_docs=0)
-    manifest = preparation.prepare(opts)
+    manifest = prepare_text.prepare(opts)
     assert manifest["tokenizer"]["kind"] == "wordpiece" and manifest["dtype"] == "uint16"
     assert manifest["splits"]["validation"]["documents"] == 12  # ceil(0.05 * 230)
     records = _records(str(tmp_path / "out"), "train")

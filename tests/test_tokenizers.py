@@ -5,9 +5,9 @@ import json
 import pytest
 
 from pgm_jax.data import DataError
-from pgm_jax.data.gpt2 import ENDOFTEXT, GPT2Tokenizer, _byte_to_char
-from pgm_jax.data.tokenizer_files import from_files, load_saved, save_tokenizer
-from pgm_jax.data.wordpiece import WordPieceTokenizer
+from pgm_jax.data.tokenizers import from_files, load_saved, save_tokenizer
+from pgm_jax.data.tokenizers.gpt2 import ENDOFTEXT, GPT2Tokenizer, _byte_to_char
+from pgm_jax.data.tokenizers.wordpiece import WordPieceTokenizer
 
 # Byte-level spellings: "Ġ" is the space byte.
 MERGES = [("h", "e"), ("Ġ", "t"), ("Ġt", "he"), ("l", "l"), ("o", "r"), ("Ġ", "w"), ("Ġw", "or")]

@@ -7,6 +7,16 @@
                   (ArrayRecord shards, its own tokenizer);
   lm1b            TFDS lm1b in `data.path`, bert-base-uncased WordPiece, padded (spec §4.3).
 The returned `TextData` makes the train iterator and the exact evaluation batches.
+
+Modules, in the order the data flows:
+  documents -> corpus        in-memory documents and their split; local corpus files
+  tokenizers/                text <-> ids: the protocol, saving / reloading; sentencepiece,
+                             gpt2, wordpiece
+  blocks -> examples         wrapped blocks; random-access rows of a dataset
+  pipeline                   grain: shuffled train stream and exact evaluation batches
+  prepare (CLI)              -> prepare_text / lm1b / imagenet_vq write datasets in the
+                             prepared_store format that training reads back
+  images                     image datasets (digits, prepared ImageNet VQ codes)
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from absl import logging
 
 from pgm_jax.data import lm1b
 from pgm_jax.data.blocks import wrap_into_blocks
+from pgm_jax.data.documents import load_documents, split_documents
 from pgm_jax.data.errors import DataError
 from pgm_jax.data.examples import BlockExamples, DocExamples, Examples
 from pgm_jax.data.pipeline import (
@@ -32,16 +43,15 @@ from pgm_jax.data.pipeline import (
     num_eval_batches,
     train_iterator,
 )
-from pgm_jax.data.prepared import TOKENIZER_DIR, open_prepared, read_manifest
-from pgm_jax.data.sources import load_documents, split_documents
-from pgm_jax.data.tokenizer import Tokenizer, load_or_train_tokenizer
-from pgm_jax.data.tokenizer_files import TextTokenizer, load_saved
+from pgm_jax.data.prepared_store import TOKENIZER_DIR, open_prepared, read_manifest
+from pgm_jax.data.tokenizers import TextTokenizer, load_saved
+from pgm_jax.data.tokenizers.sentencepiece import SentencePieceTokenizer, load_or_train_tokenizer
 
 __all__ = [
     "DataError",
+    "SentencePieceTokenizer",
     "TextData",
     "TextTokenizer",
-    "Tokenizer",
     "eval_batches",
     "load_documents",
     "load_or_train_tokenizer",
@@ -115,11 +125,12 @@ def load_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: str) -> TextTok
         manifest = read_manifest(path, PREPARE_HINTS[source].format(path=path or "DIR"))
         return load_saved(os.path.join(path, TOKENIZER_DIR), manifest["tokenizer"])
     if source == "lm1b":
-        return lm1b.load_tokenizer(data_cfg.get("path", ""), data_cfg.get("tokenizer_path", ""))
+        return lm1b.wordpiece_tokenizer(data_cfg.get("path", ""),
+                                        data_cfg.get("tokenizer_path", ""))
     path = os.path.join(workdir, "tokenizer.model")
     if not os.path.isfile(path):
         raise DataError(f"{path} not found: the run has not trained its tokenizer yet")
-    return Tokenizer.from_file(path)
+    return SentencePieceTokenizer.from_file(path)
 
 
 def _in_memory(data_cfg: ml_collections.ConfigDict, length: int, workdir: str) -> TextData:

@@ -11,7 +11,7 @@ short side to S, the long side int(S * long / short); CenterCrop(S); x / 255 * 2
 augmentation), encoded by the VQ model in jitted batches, and stored in input order (the
 reference shuffled and dropped its last partial batch; here every image is kept once).
 
-Output, beside the prepared-text format (`prepared.py`):
+Output, beside the prepared-text format (`prepared_store.py`):
   OUT/manifest.json                     format, side, num_tokens, codebook_size, num_classes,
                                         class_names, dtype, splits {files, examples, ...}
   OUT/<split>-00000-of-00129.array_record  one record per image: the raw bytes of
@@ -40,7 +40,7 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from pgm_jax.data import prepared
+from pgm_jax.data import prepared_store
 from pgm_jax.data.errors import DataError
 
 FORMAT = "pgm_jax.imagenet_vq.v1"
@@ -291,7 +291,7 @@ def prepare_imagenet_vq(input: str, vq: Any, output: str, split: str = "train",
     num_classes = len(images.class_names)
     dtype = record_dtype(cfg.codebook_size, num_classes)
     os.makedirs(output, exist_ok=True)
-    manifest_path = os.path.join(output, prepared.MANIFEST)
+    manifest_path = os.path.join(output, prepared_store.MANIFEST)
     manifest = _read_json(manifest_path) if os.path.isfile(manifest_path) else {}
     header = {"format": FORMAT, "side": side, "num_tokens": side * side,
               "codebook_size": cfg.codebook_size, "num_classes": num_classes,
@@ -310,10 +310,10 @@ def prepare_imagenet_vq(input: str, vq: Any, output: str, split: str = "train",
             raise DataError(f"{plan_path}: --output holds a {split} preparation of other input "
                             "or options: use another --output, or delete it to start over")
     else:
-        prepared.write_json(plan_path, plan)
+        prepared_store.write_json(plan_path, plan)
 
     n_shards = math.ceil(count / shard_size)
-    names = [prepared.shard_name(split, i, n_shards) for i in range(n_shards)]
+    names = [prepared_store.shard_name(split, i, n_shards) for i in range(n_shards)]
     todo = [i for i in range(n_shards)
             if not os.path.isfile(os.path.join(output, names[i] + ".json"))]
     encode_fn = jit_method(model, "encode")
@@ -332,8 +332,8 @@ def prepare_imagenet_vq(input: str, vq: Any, output: str, split: str = "train",
         for i in todo:
             lo, hi = i * shard_size, min(count, (i + 1) * shard_size)
             rows = _shard_rows(images, lo, hi, encode, batch_size, image_size, pool, bar)
-            written = prepared.write_records(os.path.join(output, names[i]), rows, dtype)
-            prepared.write_json(os.path.join(output, names[i] + ".json"),
+            written = prepared_store.write_records(os.path.join(output, names[i]), rows, dtype)
+            prepared_store.write_json(os.path.join(output, names[i] + ".json"),
                                 {"file": names[i], "examples": written, "first": lo})
     seconds = time.perf_counter() - start_time
     if os.path.isfile(manifest_path):  # another split may have finished meanwhile
@@ -345,7 +345,7 @@ def prepare_imagenet_vq(input: str, vq: Any, output: str, split: str = "train",
                 "splits": {**manifest.get("splits", {}), split: {
                     "files": names, "examples": count, "input": os.path.abspath(input),
                     "precision": cfg.precision}}}
-    prepared.write_json(manifest_path, manifest)
+    prepared_store.write_json(manifest_path, manifest)
     if todo:
         logging.info("%s: encoded %d images in %.1f s (%.1f images/s)", split, remaining,
                      seconds, remaining / max(seconds, 1e-9))
@@ -390,10 +390,10 @@ class VQTokens:
 def open_split(path: str, split: str) -> tuple[VQTokens, dict]:
     """(data source, manifest) of `split` in a folder made by `prepare imagenet_vq`."""
     hint = PREPARE_HINT.format(path=path or "OUT", split=split)
-    manifest_path = os.path.join(path, prepared.MANIFEST)
+    manifest_path = os.path.join(path, prepared_store.MANIFEST)
     if not os.path.isfile(manifest_path):
         raise DataError(f"data.path={path!r} holds no prepared ImageNet VQ codes "
-                        f"({prepared.MANIFEST} missing): run `{hint}` first")
+                        f"({prepared_store.MANIFEST} missing): run `{hint}` first")
     manifest = _read_json(manifest_path)
     if manifest.get("format") != FORMAT:
         raise DataError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT!r}"

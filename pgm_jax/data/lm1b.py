@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.datasets.lm1b import lm1b_dataset_builder
 
 from pgm_jax.data.errors import DataError
-from pgm_jax.data.wordpiece import WordPieceTokenizer
+from pgm_jax.data.tokenizers.wordpiece import WordPieceTokenizer
 
 BUILD_HINT = "python -m pgm_jax.data.prepare lm1b --input=LM1B_DIR --output={path}"
 TRAIN_FILES = "training-monolingual.tokenized.shuffled/news.en-*"
@@ -75,7 +75,7 @@ class LM1BDocs:
         return np.asarray(self.tokenizer.encode(detokenize(text)), np.int32)
 
 
-def load_tokenizer(data_dir: str, vocab_path: str) -> WordPieceTokenizer:
+def wordpiece_tokenizer(data_dir: str, vocab_path: str) -> WordPieceTokenizer:
     """bert-base-uncased WordPiece from `vocab_path`, default DATA_DIR/vocab.txt."""
     path = vocab_path or os.path.join(data_dir, "vocab.txt")
     if not os.path.isfile(path):
@@ -102,7 +102,7 @@ def open_lm1b(data_dir: str, vocab_path: str = ""
                 f"data.path={data_dir!r} has no readable TFDS lm1b {split} split "
                 f"({type(e).__name__}): build it once with `{BUILD_HINT.format(path=data_dir)}`"
                 ) from None
-    tokenizer = load_tokenizer(data_dir, vocab_path)
+    tokenizer = wordpiece_tokenizer(data_dir, vocab_path)
     return tokenizer, {split: LM1BDocs(source, tokenizer) for split, source in sources.items()}
 
 
@@ -146,5 +146,5 @@ def build_tfds_lm1b(source: str, data_dir: str, vocab_path: str = "") -> None:
     builder = _LocalLM1B(roots[0], data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare()
     if vocab_path:
-        load_tokenizer(data_dir, vocab_path)  # a BERT vocabulary, or a clear error now
+        wordpiece_tokenizer(data_dir, vocab_path)  # a BERT vocabulary, or a clear error now
         shutil.copyfile(vocab_path, os.path.join(data_dir, "vocab.txt"))

@@ -19,7 +19,7 @@ no TensorFlow needed); --tokenizer_path=bert-base-uncased's vocab.txt is copied 
 -> 32x32 VQ code grids + labels (resize 256, centre crop, no augmentation; spec pgm_image.md §1),
 encoded with the VQ tokenizer given by --vq (the released .pt or `python -m pgm_jax.convert vq`).
 Training reads the result with `--config.data.path=OUTPUT`. Rerunning a stopped preparation
-resumes it. See `pgm_jax/data/preparation.py` for the layout rules.
+resumes it. See `pgm_jax/data/prepare_text.py` for the layout rules.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import os
 
 from absl import flags
 
-from pgm_jax.data import lm1b, prepared
-from pgm_jax.data.preparation import Options, prepare
-from pgm_jax.data.tokenizer_files import KINDS
+from pgm_jax.data import lm1b, prepared_store
+from pgm_jax.data.prepare_text import Options, prepare
+from pgm_jax.data.tokenizers import KINDS
 
 COMMANDS = ("owt", "text", "lm1b", "imagenet_vq")
 OWT_VAL_DOCS = 100_000
@@ -46,7 +46,7 @@ _TOKENIZER_PATH = flags.DEFINE_string(
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 32_000, "sentencepiece: pieces to train.")
 _LOWERCASE = flags.DEFINE_bool("lowercase", True, "wordpiece: lower-case and strip accents.")
 _LENGTH = flags.DEFINE_integer("length", 1024, "Tokens per example L (BOS and EOS included).")
-_LAYOUT = flags.DEFINE_enum("layout", None, list(prepared.LAYOUTS),
+_LAYOUT = flags.DEFINE_enum("layout", None, list(prepared_store.LAYOUTS),
                             "text: wrap (default) or pad (one document per example); owt: wrap.")
 _VAL_DOCS = flags.DEFINE_integer(
     "val_docs", None, "Last documents held out for validation (owt: 100000; text: from "

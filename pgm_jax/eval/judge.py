@@ -18,7 +18,7 @@ from flax import nnx
 
 from pgm_jax.config import ConfigError, load_run_config, model_config
 from pgm_jax.data import load_tokenizer
-from pgm_jax.data.gpt2 import FILE_PAIRS, GPT2Tokenizer
+from pgm_jax.data.tokenizers.gpt2 import FILE_PAIRS, GPT2Tokenizer
 from pgm_jax.eval.genppl import TokenNll, encode_with_specials
 from pgm_jax.interop import CheckpointFormatError
 from pgm_jax.models import gpt2

@@ -17,7 +17,7 @@ _MAX_LINE_CHARS = 4096
 _MAX_SENTENCE_BYTES = 4 * _MAX_LINE_CHARS
 
 
-class Tokenizer:
+class SentencePieceTokenizer:
     """A SentencePiece model plus one extra MASK id.
 
     Ids 0 .. n_pieces - 1 are SentencePiece pieces (pad 0, unk 1, bos 2, eos 3); the MASK id is
@@ -45,7 +45,7 @@ class Tokenizer:
         self._dropped = frozenset((self.pad_id, self.bos_id, self.eos_id, self.mask_id))
 
     @classmethod
-    def from_file(cls, path: str) -> "Tokenizer":
+    def from_file(cls, path: str) -> "SentencePieceTokenizer":
         with open(path, "rb") as f:
             return cls(f.read(), source=path)
 
@@ -66,17 +66,18 @@ class Tokenizer:
         return self._sp.decode(pieces)
 
 
-def load_or_train_tokenizer(docs: Sequence[str], vocab_size: int, path: str) -> Tokenizer:
+def load_or_train_tokenizer(docs: Sequence[str], vocab_size: int,
+                            path: str) -> SentencePieceTokenizer:
     """Loads the tokenizer at `path`, or trains one with `vocab_size` pieces on `docs` and writes
     it to `path` atomically. Training is deterministic, so processes that race here agree."""
     if os.path.exists(path):
-        tokenizer = Tokenizer.from_file(path)
+        tokenizer = SentencePieceTokenizer.from_file(path)
         if tokenizer.n_pieces != vocab_size:
             raise DataError(
                 f"tokenizer {path} has {tokenizer.n_pieces} pieces but data.vocab_size="
                 f"{vocab_size}: delete it to retrain, or set data.vocab_size={tokenizer.n_pieces}")
         return tokenizer
-    tokenizer = Tokenizer(train_sentencepiece(docs, vocab_size))
+    tokenizer = SentencePieceTokenizer(train_sentencepiece(docs, vocab_size))
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from pgm_jax.data.errors import DataError
-from pgm_jax.data.gpt2 import GPT2Tokenizer
-from pgm_jax.data.tokenizer import Tokenizer
-from pgm_jax.data.wordpiece import WordPieceTokenizer
+from pgm_jax.data.tokenizers.gpt2 import GPT2Tokenizer
+from pgm_jax.data.tokenizers.sentencepiece import SentencePieceTokenizer
+from pgm_jax.data.tokenizers.wordpiece import WordPieceTokenizer
 
 KINDS = ("gpt2", "wordpiece", "sentencepiece")
 ID_FIELDS = ("vocab_size", "mask_id", "bos_id", "eos_id", "pad_id")
@@ -57,7 +57,7 @@ def from_files(kind: str, path: str = "", lowercase: bool = True) -> TextTokeniz
     if kind == "sentencepiece":
         if not os.path.isfile(path):
             raise DataError(f"sentencepiece model {path!r} not found: name a .model file")
-        return Tokenizer.from_file(path)
+        return SentencePieceTokenizer.from_file(path)
     raise DataError(f"tokenizer {kind!r} is unknown: use one of {', '.join(KINDS)}")
 
 

@@ -27,17 +27,17 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from pgm_jax.data import corpus, prepared
+from pgm_jax.data import corpus, prepared_store
 from pgm_jax.data.blocks import wrap_into_blocks
 from pgm_jax.data.errors import DataError
-from pgm_jax.data.tokenizer import Tokenizer, train_sentencepiece
-from pgm_jax.data.tokenizer_files import (
+from pgm_jax.data.tokenizers import (
     KINDS,
     TextTokenizer,
     from_files,
     load_saved,
     save_tokenizer,
 )
+from pgm_jax.data.tokenizers.sentencepiece import SentencePieceTokenizer, train_sentencepiece
 
 WRAP_GROUP = 1000  # documents wrapped together (the reference's datasets.map batch size)
 MAX_SHARD_GROUPS = 50  # at most 50,000 documents (~100 MB of OWT tokens) per shard
@@ -66,7 +66,7 @@ class Options:
     def check(self) -> None:
         if self.tokenizer not in KINDS:
             raise DataError(f"--tokenizer={self.tokenizer!r}: use one of {', '.join(KINDS)}")
-        if self.layout not in prepared.LAYOUTS:
+        if self.layout not in prepared_store.LAYOUTS:
             raise DataError(f"--layout={self.layout!r}: use 'wrap' or 'pad'")
         if self.length < 3:
             raise DataError(f"--length={self.length}: need room for BOS, a token and EOS (>= 3)")
@@ -92,7 +92,8 @@ def prepare(opts: Options) -> dict:
     start_time = time.perf_counter()
     os.makedirs(opts.output, exist_ok=True)
     plan = _load_or_make_plan(opts)
-    tokenizer = load_saved(os.path.join(opts.output, prepared.TOKENIZER_DIR), plan["tokenizer"])
+    tokenizer = load_saved(os.path.join(opts.output, prepared_store.TOKENIZER_DIR),
+                           plan["tokenizer"])
     pending = [s for s in plan["shards"] if not os.path.exists(_stats_path(opts.output, s))]
     total_docs = sum(s["stop"] - s["start"] for s in pending)
     logging.info("%d of %d shards to write (%d documents) with %d workers", len(pending),
@@ -105,7 +106,7 @@ def prepare(opts: Options) -> dict:
             bar.update(stats["documents"])
             bar.set_postfix(tokens_per_s=f"{tokens / max(bar.format_dict['elapsed'], 1e-9):,.0f}")
     manifest = _manifest(plan, opts)
-    prepared.write_json(os.path.join(opts.output, prepared.MANIFEST), manifest)
+    prepared_store.write_json(os.path.join(opts.output, prepared_store.MANIFEST), manifest)
     seconds = time.perf_counter() - start_time
     logging.info("prepared %s in %.1f s: %s", opts.output, seconds, ", ".join(
         f"{split} {v['documents']} docs / {v['tokens']} tokens / {v['examples']} examples"
@@ -141,8 +142,8 @@ def _load_or_make_plan(opts: Options) -> dict:
             "ranges": ranges, "shards": shards}
     tokenizer = _build_tokenizer(opts, plan)
     plan["tokenizer"] = save_tokenizer(
-        tokenizer, os.path.join(opts.output, prepared.TOKENIZER_DIR))
-    prepared.write_json(path, plan)
+        tokenizer, os.path.join(opts.output, prepared_store.TOKENIZER_DIR))
+    prepared_store.write_json(path, plan)
     return plan
 
 
@@ -177,7 +178,8 @@ def _build_tokenizer(opts: Options, plan: dict) -> TextTokenizer:
         return from_files(opts.tokenizer, opts.tokenizer_path, opts.lowercase)
     logging.info("training a %d-piece sentencepiece model on up to %d characters of the "
                  "train split", opts.vocab_size, SENTENCEPIECE_SAMPLE_CHARS)
-    return Tokenizer(train_sentencepiece(list(_sample_train_docs(plan, opts)), opts.vocab_size))
+    docs = list(_sample_train_docs(plan, opts))
+    return SentencePieceTokenizer(train_sentencepiece(docs, opts.vocab_size))
 
 
 def _sample_train_docs(plan: dict, opts: Options) -> Iterator[str]:
@@ -214,17 +216,17 @@ def _write_shard(shard: dict, tokenizer: TextTokenizer, plan: dict, opts: Option
                                               opts.length, tokenizer.bos_id, tokenizer.eos_id)]
     else:
         rows = [t[:opts.length - 2] for t in docs]
-    name = prepared.shard_name(shard["split"], shard["index"], shard["count"])
-    dtype = prepared.token_dtype(tokenizer.vocab_size)
-    examples = prepared.write_records(os.path.join(opts.output, name), rows, dtype)
+    name = prepared_store.shard_name(shard["split"], shard["index"], shard["count"])
+    dtype = prepared_store.token_dtype(tokenizer.vocab_size)
+    examples = prepared_store.write_records(os.path.join(opts.output, name), rows, dtype)
     stats = {"file": name, "documents": len(tokens), "empty_documents": len(tokens) - len(docs),
              "tokens": int(sum(len(t) for t in docs)), "examples": examples}
-    prepared.write_json(_stats_path(opts.output, shard), stats)
+    prepared_store.write_json(_stats_path(opts.output, shard), stats)
     return stats
 
 
 def _stats_path(output: str, shard: dict) -> str:
-    name = prepared.shard_name(shard["split"], shard["index"], shard["count"])
+    name = prepared_store.shard_name(shard["split"], shard["index"], shard["count"])
     return os.path.join(output, name + ".json")
 
 
@@ -233,7 +235,8 @@ _worker_context: tuple = ()  # (tokenizer, plan, opts) inside a worker process
 
 def _init_worker(plan: dict, opts: Options) -> None:
     global _worker_context
-    tokenizer = load_saved(os.path.join(opts.output, prepared.TOKENIZER_DIR), plan["tokenizer"])
+    tokenizer = load_saved(os.path.join(opts.output, prepared_store.TOKENIZER_DIR),
+                           plan["tokenizer"])
     _worker_context = (tokenizer, plan, opts)
 
 
@@ -271,8 +274,9 @@ def _manifest(plan: dict, opts: Options) -> dict:
                 f"the {split} split ({values['documents']} documents, {values['tokens']} "
                 f"tokens) is shorter than one block of --length={opts.length}: lower --length "
                 "or add text")
-    return {"format": prepared.FORMAT, "command": opts.command, "layout": opts.layout,
-            "length": opts.length, "dtype": prepared.token_dtype(plan["tokenizer"]["vocab_size"]),
+    return {"format": prepared_store.FORMAT, "command": opts.command, "layout": opts.layout,
+            "length": opts.length,
+            "dtype": prepared_store.token_dtype(plan["tokenizer"]["vocab_size"]),
             "tokenizer": plan["tokenizer"], "text_field": opts.text_field,
             "input": {"path": os.path.abspath(opts.input), "files": len(plan["files"]),
                       "documents": plan["documents"]},

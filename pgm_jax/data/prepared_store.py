@@ -1,7 +1,7 @@
 """The on-disk format of a prepared dataset, written by `pgm_jax.data.prepare`.
 
   DIR/manifest.json            format, layout, length, token dtype, tokenizer ids, split sizes
-  DIR/tokenizer/               the tokenizer's own files (see `tokenizer_files`)
+  DIR/tokenizer/               the tokenizer's own files (see `tokenizers`)
   DIR/<split>-00000-of-00042.array_record   one record per row: the raw bytes of a token array
 
 Layouts: `wrap`, every record a block of exactly `length` tokens ([BOS] ... [EOS], spec §4.2);
@@ -21,7 +21,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from pgm_jax.data.errors import DataError
-from pgm_jax.data.tokenizer_files import TextTokenizer, load_saved
+from pgm_jax.data.tokenizers import TextTokenizer, load_saved
 
 FORMAT = "pgm_jax.prepared.v1"
 MANIFEST = "manifest.json"
