@@ -181,6 +181,7 @@ def image_fid(workdir: str, config, step: int | None) -> tuple[dict, int]:
     from pgm_jax.config import model_config
     from pgm_jax.data import images
     from pgm_jax.eval import fid, inception
+    from pgm_jax.interop.vq_convert import vq_from_checkpoint
     from pgm_jax.restore import restore_params
     from pgm_jax.sampling import image as image_sampling
 
@@ -196,7 +197,7 @@ def image_fid(workdir: str, config, step: int | None) -> tuple[dict, int]:
     cli.require(num >= 10 and batch > 0, f"--num_samples={num} (>= 10, the IS splits) and "
                 f"--sample_batch_size={batch} (> 0)")
     stats_ref = fid.load_stats(_FID_STATS.value)
-    vq = images.load_vq(_VQ.value)
+    vq = vq_from_checkpoint(_VQ.value)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     extract = inception.InceptionExtractor(inception.load_inception(_INCEPTION.value), mesh=mesh)
     graphdef, params, step = restore_params(workdir, mcfg, mesh, step, item="ema")

@@ -141,6 +141,7 @@ def sample_images(workdir: str, config) -> None:
     from pgm_jax.config import model_config
     from pgm_jax.data import images
     from pgm_jax.eval import grid
+    from pgm_jax.interop.vq_convert import vq_from_checkpoint
     from pgm_jax.restore import restore_params
     from pgm_jax.sampling import image as image_sampling
     from pgm_jax.sampling.from_run import on_current_schema
@@ -159,7 +160,7 @@ def sample_images(workdir: str, config) -> None:
     if source != "digits" and not _VQ.value:
         print(f"note: data.source={source} samples are VQ codes: pass --vq=DIR to decode them "
               "to a PNG; writing the codes only")
-    vq = images.load_vq(_VQ.value) if _VQ.value else None
+    vq = vq_from_checkpoint(_VQ.value) if _VQ.value else None
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     graphdef, params, step = restore_params(workdir, mcfg, mesh, _STEP.value, item="ema")
     t0 = time.perf_counter()

@@ -103,7 +103,8 @@ def test_imagenet_vq_source_and_vq_pixels(fixtures_dir, tmp_path):
     """A prepared VQ folder (the vq_small fixture's model on random 32x32 images: 4x4 codes of
     512, 2 classes) serves int32 batches, and `vq_pixels` decodes codes to [0, 1] images."""
     from pgm_jax.data import imagenet_vq
-    from pgm_jax.data.images import load_vq, vq_pixels
+    from pgm_jax.data.images import vq_pixels
+    from pgm_jax.interop.vq_convert import vq_from_checkpoint
 
     rng = np.random.default_rng(0)
     for split, count in (("train", 5), ("val", 3)):
@@ -113,7 +114,7 @@ def test_imagenet_vq_source_and_vq_pixels(fixtures_dir, tmp_path):
             for i in range(count):
                 pixels = rng.integers(0, 256, (32, 32, 3), np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
-    vq = load_vq(str(fixtures_dir / "vq_small" / "state_dict.npz"))
+    vq = vq_from_checkpoint(str(fixtures_dir / "vq_small" / "state_dict.npz"))
     out = str(tmp_path / "prepared")
     for split in ("train", "validation"):
         imagenet_vq.prepare_imagenet_vq(str(tmp_path / "imagenet"), vq, out, split,

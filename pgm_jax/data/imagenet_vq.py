@@ -31,7 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grain
 import jax
@@ -42,6 +42,9 @@ from tqdm import tqdm
 
 from pgm_jax.data import prepared_store
 from pgm_jax.data.errors import DataError
+
+if TYPE_CHECKING:
+    from pgm_jax.models.vq import VQModel
 
 FORMAT = "pgm_jax.imagenet_vq.v1"
 SPLITS = ("train", "validation")
@@ -249,7 +252,7 @@ def _check_same(manifest: dict, expected: dict, path: str) -> None:
                 "share the VQ model, image size and classes)")
 
 
-def prepare_imagenet_vq(input: str, vq: Any, output: str, split: str = "train",
+def prepare_imagenet_vq(input: str, vq: VQModel, output: str, split: str = "train",
                         batch_size: int = 64, image_size: int = 256,
                         shard_size: int = SHARD_IMAGES, workers: int | None = None,
                         precision: str | None = None) -> dict:
@@ -257,7 +260,7 @@ def prepare_imagenet_vq(input: str, vq: Any, output: str, split: str = "train",
 
     Args:
       input: class-folder tree or TFDS data dir.
-      vq: a VQModel, or a path `vq_from_checkpoint` reads (converted folder, `.pt`, `.npz`).
+      vq: the VQ tokenizer (the caller loads it, e.g. `interop.vq_convert.vq_from_checkpoint`).
       split: 'train' or 'validation'.
       batch_size: images per jitted encoder call (the last batch is padded: one compile).
       image_size: S of Resize(S) + CenterCrop(S); the codes grid is S / downsample factor.
@@ -267,8 +270,7 @@ def prepare_imagenet_vq(input: str, vq: Any, output: str, split: str = "train",
         "default" lets GPUs use TF32 (as the reference's extraction did, spec §1.4), several
         times faster; a few near-tied codes may then differ from an fp32 encode.
     """
-    from pgm_jax.interop.vq_convert import vq_from_checkpoint
-    from pgm_jax.models.vq import PRECISIONS, VQModel, jit_method, with_config
+    from pgm_jax.models.vq import PRECISIONS, jit_method, with_config
 
     if split not in SPLITS:
         raise DataError(f"--split={split!r}: use train or validation")
@@ -277,7 +279,7 @@ def prepare_imagenet_vq(input: str, vq: Any, output: str, split: str = "train",
     if not os.path.exists(input):
         raise DataError(f"--input={input}: does not exist (ImageNet class folders or a TFDS "
                         "data dir)")
-    model = vq if isinstance(vq, VQModel) else vq_from_checkpoint(vq)
+    model = vq
     if precision is not None:
         if precision not in PRECISIONS:
             raise DataError(f"VQ precision {precision!r}: use one of {PRECISIONS}")
@@ -352,12 +354,10 @@ def prepare_imagenet_vq(input: str, vq: Any, output: str, split: str = "train",
     return manifest
 
 
-def run_command(input: str, vq: str, output: str, split: str = "train", batch_size: int = 64,
-                image_size: int = 256, precision: str | None = None) -> None:
-    """`python -m pgm_jax.data.prepare imagenet_vq` (flags as the arguments)."""
-    if not vq:
-        raise DataError("imagenet_vq needs --vq=vq_ds8_c2i.pt (or a folder made by "
-                        "`python -m pgm_jax.convert vq`)")
+def run_command(input: str, vq: VQModel, output: str, split: str = "train",
+                batch_size: int = 64, image_size: int = 256, precision: str | None = None) -> None:
+    """`python -m pgm_jax.data.prepare imagenet_vq` (flags as the arguments, `vq` loaded from
+    --vq by the command)."""
     manifest = prepare_imagenet_vq(input, vq, output, split, batch_size, image_size,
                                    precision=precision)
     sizes = ", ".join(f"{s} {v['examples']} images" for s, v in manifest["splits"].items())

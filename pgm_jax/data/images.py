@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Iterator
 
 import ml_collections
@@ -173,19 +172,9 @@ def _imagenet_vq(path: str) -> ImageData:
                      int(manifest["num_classes"]), int(manifest["codebook_size"]), side)
 
 
-def load_vq(path: str):
-    """The VQ model that decodes a run's codes: a `pgm_jax.convert vq` folder, the reference
-    `vq_ds8_c2i.pt` or a `.npz` state dict (`interop.vq_convert.vq_from_checkpoint`)."""
-    from pgm_jax.interop.vq_convert import vq_from_checkpoint
-
-    if not os.path.exists(path):
-        raise DataError(f"--vq={path}: no such file or folder (convert the VQ weights with "
-                        "`python -m pgm_jax.convert vq`)")
-    return vq_from_checkpoint(path)
-
-
 def vq_pixels(vq, codes: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """int[M, N] VQ codes -> float32 [M, H, W, 3] in [0, 1]: decoded `batch_size` at a time,
+    """int[M, N] VQ codes -> float32 [M, H, W, 3] in [0, 1] with the VQModel `vq` (loaded by the
+    caller, e.g. `interop.vq_convert.vq_from_checkpoint`): decoded `batch_size` at a time,
     clipped to [-1, 1] and mapped by (x + 1) / 2 (spec pgm_image.md §1.6)."""
     from pgm_jax.models.vq import jit_method
 

@@ -69,9 +69,12 @@ def main(argv: list[str]) -> None:
     command = argv[1]
     if command == "imagenet_vq":
         from pgm_jax.data import imagenet_vq
+        from pgm_jax.interop.vq_convert import vq_from_checkpoint  # an entry point may
 
-        imagenet_vq.run_command(_INPUT.value, _VQ.value, _OUTPUT.value, _SPLIT.value,
-                                _BATCH_SIZE.value, _IMAGE_SIZE.value)
+        cli.require(bool(_VQ.value), "imagenet_vq needs --vq=vq_ds8_c2i.pt (or a folder made by "
+                    "`python -m pgm_jax.convert vq`)")
+        imagenet_vq.run_command(_INPUT.value, vq_from_checkpoint(_VQ.value), _OUTPUT.value,
+                                _SPLIT.value, _BATCH_SIZE.value, _IMAGE_SIZE.value)
         return
     if command == "lm1b":
         lm1b.build_tfds_lm1b(_INPUT.value, _OUTPUT.value, _TOKENIZER_PATH.value)

@@ -168,6 +168,10 @@ def vq_from_checkpoint(path: str | os.PathLike[str], cfg: VQConfig | None = None
     cfg: the architecture to load into (checked key by key; for a folder, only `precision` and
     `image_size` may differ from its config.json); None infers it from the weights.
     """
+    if not os.path.exists(path):
+        raise CheckpointFormatError(
+            f"{os.fspath(path)}: no such VQ file or folder (the reference vq_ds8_c2i.pt, a .npz, "
+            "or a folder made by `python -m pgm_jax.convert vq`)")
     if os.path.isdir(path):
         model = load_vq(path)
         try:
