@@ -118,3 +118,15 @@ def test_wordpiece_needs_bert_specials(tmp_path):
         WordPieceTokenizer.from_file(str(tmp_path / "vocab.txt"))
     with pytest.raises(DataError, match="unknown"):
         from_files("bpe", "x")
+
+
+def test_wordpiece_follows_python_bert_where_hf_tokenizers_differs():
+    """The cases where Hugging Face `tokenizers` 0.23 gives other ids than BERT's Python
+    BertTokenizer (the reference's, spec §4.1), the reason wordpiece.py is kept (see its doc):
+    final sigma, U+2028 not whitespace, U+2B820 a CJK ideograph (spaced out)."""
+    vocab = [*WORDPIECE_VOCAB[:5], "σας", "σασ", "a", "##b", "b", "\U0002B820"]
+    tok = WordPieceTokenizer(vocab)
+    assert tok.encode("ΣΑΣ") == [5]  # Python's lower(): final "ς"; tokenizers gives "σασ" (6)
+    assert tok.encode("a\u2028b") == [tok.unk_id]  # one word; tokenizers splits it: [7, 9]
+    assert tok.encode("a\U0002B820b") == [7, 10, 9]  # tokenizers keeps one word: [UNK]
+    assert tok.encode("ab") == [7, 8]
