@@ -26,9 +26,16 @@ def shared_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
 
 
-@pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
+def require_fixtures() -> Path:
+    """The reference fixtures directory; fails the test (never skips it) when it is missing,
+    so that parity cannot pass unnoticed on a checkout without `../shared`."""
     d = shared_dir() / "fixtures"
     if not d.is_dir():
-        pytest.skip(f"reference fixtures not found at {d}")
+        pytest.fail(f"reference fixtures not found at {d}: put the project's shared/ beside "
+                    "the checkout or set PGM_SHARED_DIR", pytrace=False)
     return d
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return require_fixtures()

@@ -23,11 +23,11 @@ from pgm_jax.interop.state_dict import BUFFERS, StateDictMismatch, state_dict_to
 from pgm_jax.interop.workdir import convert_to_workdir
 from pgm_jax.models import build_model
 from pgm_jax.restore import restore_params
-from tests.test_parity import text_dirs
+from tests.test_parity import first_text_dir, text_dirs
 from tests.test_torch_ckpt import _FakeObject, _FakeTensor, _storage, _write_zip_ckpt
 
 REPO = Path(__file__).resolve().parents[1]
-needs_fixtures = pytest.mark.skipif(not text_dirs(), reason="no text fixtures")
+needs_fixtures = pytest.mark.usefixtures("fixtures_dir")  # fails (not skips) without them
 
 
 def _npz(path: Path) -> dict[str, np.ndarray]:
@@ -36,11 +36,14 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _pgm_fixture() -> Path:
+    first_text_dir()  # fails the test when there are no fixtures
     return next(d for d in text_dirs() if load_fixture(d)[0].kind == "pgm")
 
 
-@pytest.mark.parametrize("fixture", text_dirs(), ids=lambda p: p.name)
+@pytest.mark.parametrize("fixture", text_dirs() or [pytest.param(None, id="no-fixtures")],
+                         ids=lambda p: p.name)
 def test_ckpt_raw_and_ema_equal_the_npz_twins(fixture):
+    fixture = fixture or first_text_dir()
     ref = read_reference_weights(fixture / "checkpoint.ckpt")
     names = json.loads((fixture / "param_names.json").read_text())
     assert list(ref.raw) == names["state_dict_keys"]

@@ -69,7 +69,7 @@ def _image_fixtures(fixtures_dir):
     dirs = [d for d in sorted(fixtures_dir.iterdir()) if (d / "hparams.json").exists()
             and image_parity.detect(json.loads((d / "hparams.json").read_text()))]
     if not dirs:
-        pytest.skip("no image PGM / MaskGIT fixtures")
+        pytest.fail(f"no image PGM / MaskGIT fixtures in {fixtures_dir}", pytrace=False)
     return dirs
 
 
@@ -91,6 +91,21 @@ def test_fixture_parity(fixtures_dir, source):
         else:
             assert {"logits", "loss"} <= names
     assert kinds == {"image_pgm", "maskgit"}
+
+
+def test_an_image_output_parity_does_not_compute_fails(fixtures_dir, tmp_path):
+    """Every io.npz array but the documented inputs is compared: an unknown one fails."""
+    src = next(d for d in _image_fixtures(fixtures_dir)
+               if image_parity.kind_of(json.loads((d / "hparams.json").read_text())) == "maskgit")
+    for name in ("hparams.json", "state_dict.npz"):
+        (tmp_path / name).symlink_to(src / name)
+    with np.load(src / "io.npz") as z:
+        io = {k: z[k] for k in z.files}
+    io["logits_of_a_new_head"] = io["logits"]
+    np.savez(tmp_path / "io.npz", **io)
+    rows = {r.name: r for r in check_fixture(tmp_path, "npz")}
+    assert not rows["logits_of_a_new_head"].ok
+    assert {n for n, r in rows.items() if r.ok} == {"logits", "loss"}
 
 
 def test_detect_uses_hparams_content(fixtures_dir):

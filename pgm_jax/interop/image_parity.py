@@ -7,7 +7,10 @@ MaskGIT Transformer), every size is read from that file, the weights come from
 `model_state_dict`), and every output of `io.npz` this port can produce is recomputed:
 training logits, intermediates and loss, the three recorded inference calls with the correct
 masking (`*_fixed`) and with the released quirk (`*_released`), the training path at the
-queried positions (must equal `*_fixed`), the RoPE / sinusoid tables; MaskGIT logits and loss.
+queried positions (must equal `*_fixed`), the RoPE / sinusoid tables and the Halton order;
+MaskGIT logits and loss. The losses are the training losses (`objectives.losses.LOSSES`) fed
+the fixture's partition / masking and label drops. Every other array of `io.npz` is a
+documented input (`INPUTS`) or must be compared: an output this port does not produce fails.
 """
 
 from __future__ import annotations
@@ -22,13 +25,27 @@ import numpy as np
 from flax import nnx
 
 from pgm_jax.interop.image_convert import load_image_weights
-from pgm_jax.interop.parity import Row, UnsupportedFixture, compare
+from pgm_jax.interop.parity import Row, UnsupportedFixture, compare, training_loss
 from pgm_jax.interop.torch_ckpt import CheckpointFormatError
 from pgm_jax.models import ModelConfig, build_model, layers
-from pgm_jax.objectives import image as image_objectives
+from pgm_jax.sampling import image_orders
 
 WEIGHT_FILES = {"npz": "state_dict.npz", "ckpt": "checkpoint.pth"}
 INFERENCE_CALLS = ("inf", "inf_step0", "inf_conf")  # io.npz prefixes of the recorded calls
+_CALL_INPUTS = ("x", "clean_positions", "noisy_positions", "concrete_lengths", "y",
+                "drop_label", "sampler_step", "train_equiv_x", "train_equiv_group_idxs")
+# The documented inputs of io.npz (IMAGE_README.md §1.8, §2.3), with the arrays it documents
+# as restating them (the register-padded groups, the effective label y', the partition ratio
+# "info only", MaskGIT's mask): every other array is an output and must be compared.
+INPUTS: dict[str, frozenset[str]] = {
+    "image_pgm": frozenset({
+        "train_codes", "train_x", "train_group_idxs", "train_y", "train_drop_label",
+        "train_group_idxs_with_registers", "train_y_effective", "train_partition_ratio",
+        "inf_sampler_labels",
+        *(f"{p}_{k}" for p in INFERENCE_CALLS for k in _CALL_INPUTS)}),
+    "maskgit": frozenset({"clean_codes", "masked_codes", "mask", "y", "drop_label",
+                          "y_effective"}),
+}
 
 
 def kind_of(hparams: dict) -> str | None:
@@ -102,8 +119,11 @@ def _pgm_outputs(model: nnx.Module, io: dict, cfg: ModelConfig) -> dict[str, jax
     logits, dbg = run("__call__", (x, io["train_group_idxs"], io["train_y"],
                                    io["train_drop_label"].astype(bool)))
     out["train_logits"] = logits
-    out["train_loss"] = jnp.mean(image_objectives.pgm_logits_nll(logits, jnp.asarray(x),
-                                                                 cfg.mask_index))
+    b = x.shape[0]
+    out["train_loss"] = training_loss(model, "image_pgm", {
+        "tokens": jnp.asarray(io["train_codes"]).reshape(b, -1),
+        "label": jnp.asarray(io["train_y"]), "groups": jnp.asarray(io["train_group_idxs"]),
+        "drop_label": jnp.asarray(io["train_drop_label"]).astype(bool)}, False)
     out["train_cond"] = dbg["cond"]
     out["train_enc_out"] = dbg["enc_out"]
     # Register query rows are never computed (their predictions are dropped): compare the
@@ -127,6 +147,7 @@ def _pgm_outputs(model: nnx.Module, io: dict, cfg: ModelConfig) -> dict[str, jax
     cos, sin = layers.rope_table(n_slots, cfg.head_dim, cfg.rope_base)
     out["aux_rope_cos"], out["aux_rope_sin"] = cos, sin
     out["aux_groupswap_pos_freqs"] = layers.sinusoidal_table(n_slots, cfg.hidden_size)
+    out["aux_halton_cells"] = image_orders.halton_cells(image_orders.grid_side(cfg.length))
     return out
 
 
@@ -137,9 +158,10 @@ def _maskgit_outputs(model: nnx.Module, io: dict, cfg: ModelConfig) -> dict[str,
     logits, _ = _run(graphdef, state, "maskgit",
                      (codes, jnp.asarray(io["y"]), jnp.asarray(io["drop_label"]).astype(bool)),
                      jnp.asarray(False))
-    clean = jnp.asarray(io["clean_codes"]).reshape(b, -1)
-    return {"logits": logits,
-            "loss": jnp.mean(image_objectives.maskgit_logits_nll(logits, clean))}
+    loss = training_loss(model, "maskgit", {
+        "tokens": jnp.asarray(io["clean_codes"]).reshape(b, -1), "label": jnp.asarray(io["y"]),
+        "masked": codes, "drop_label": jnp.asarray(io["drop_label"]).astype(bool)}, False)
+    return {"logits": logits, "loss": loss}
 
 
 # What a recomputed output is compared against in io.npz (default: the same name).
@@ -165,10 +187,23 @@ def check(fixture: str | Path, weight_source: str) -> list[Row]:
     with np.load(fixture / "io.npz") as z:
         io = {k: z[k] for k in z.files}
     outputs = (_pgm_outputs if cfg.kind == "image_pgm" else _maskgit_outputs)(model, io, cfg)
-    rows = []
+    rows, compared = [], set()
     for name, value in outputs.items():
         ref_name, rows_slice = REFERENCE_NAME.get(name, (name, slice(None)))
         if ref_name in io:
             ref = io[ref_name][:, rows_slice] if rows_slice != slice(None) else io[ref_name]
-            rows.append(compare(name, np.asarray(value), ref))
+            if io[ref_name].dtype.kind in "iu":
+                mism = int(np.sum(np.asarray(value) != ref)) if np.shape(value) == ref.shape \
+                    else ref.size
+                rows.append(Row(name, float(mism), 0.0, "mismatches"))
+            else:
+                rows.append(compare(name, np.asarray(value), ref))
+            compared.add(ref_name)
+    rows += [Row(name, float("inf"), 0.0, "not computed")
+             for name in sorted(expected_outputs(cfg.kind, io) - compared)]
     return rows
+
+
+def expected_outputs(kind: str, io: dict[str, np.ndarray]) -> set[str]:
+    """The arrays of `io` a check must compare: every one but the documented inputs."""
+    return set(io) - INPUTS[kind]

@@ -5,6 +5,10 @@ A fixture directory holds `hparams.json` (the model), weights (`state_dict.npz`,
 outputs, layout in `shared/fixtures/README_text.md`). `check_fixture` rebuilds the model
 from the hparams, loads the weights through the converter's reader, recomputes every output
 it knows how to produce and returns one row per output with its max error and tolerance;
+every array of `io.npz` that is not a documented input (`INPUTS`) must be compared, so an
+output this port does not produce fails instead of passing unnoticed. The loss scalars come
+from the training losses themselves (`objectives.losses.LOSSES`, fed the fixture's times and
+partition / masking), not from a copy kept for parity.
 `check_directories` does it for many directories and both weight sources (what
 `python -m pgm_jax.convert check` prints). Nothing here knows fixture names: directories are
 selected by `model_kind`, and what is compared by which arrays `io.npz` contains.
@@ -28,6 +32,7 @@ from pgm_jax.interop.state_dict import load_state_dict
 from pgm_jax.interop.torch_ckpt import CheckpointFormatError
 from pgm_jax.models import ModelConfig, build_model
 from pgm_jax.objectives import schedule
+from pgm_jax.objectives.losses import LOSSES
 from pgm_jax.sampling.categorical import categorical_from_uniform
 
 # Tolerances (fp32): README_text.md §7.
@@ -39,6 +44,19 @@ WEIGHT_FILES = {
     "npz": {"raw": "state_dict.npz", "ema": "ema_state_dict.npz"},
     "ckpt": {"raw": "checkpoint.ckpt", "ema": "checkpoint.ckpt"},
 }
+
+
+# The documented inputs of each family's io.npz (README_text.md §5.1, §5.3-5.5 and §6): every
+# other array is an output and must be compared.
+_INFERENCE_INPUTS = ("x", "clean_positions", "noisy_positions", "concrete_lengths", "equiv_x",
+                     "equiv_groups")
+INPUTS: dict[str, frozenset[str]] = {
+    "pgm": frozenset({"x", "groups", "t_uniform_u", "valid", "inf_sample_u",
+                      *(f"{tag}_{k}" for tag in ("inf", "infu") for k in _INFERENCE_INPUTS)}),
+    "mdlm_dit": frozenset({"x0", "x", "t_uniform_u", "valid"}),
+}
+# The training loss of each model kind (the table entry the training loop uses).
+ALGO = {"pgm": "pgm", "mdlm_dit": "mdlm"}
 
 
 @dataclasses.dataclass
@@ -117,6 +135,20 @@ def forward(model: nnx.Module, method: str, *args: jax.Array) -> tuple[jax.Array
     return _forward(graphdef, state, method, *args)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "algo", "train"))
+def _loss(graphdef: nnx.GraphDef, state: nnx.State, algo: str, batch: dict, train: bool):
+    # The batch fixes every random draw of the loss; the key only feeds dropout (0 here).
+    return LOSSES[algo](nnx.merge(graphdef, state), batch, jax.random.key(0), train)
+
+
+def training_loss(model: nnx.Module, algo: str, batch: dict[str, jax.Array], train: bool
+                  ) -> jax.Array:
+    """The per-token loss float32 [] of the training loss `LOSSES[algo]` on `batch`."""
+    graphdef, state = nnx.split(model)
+    total, count = _loss(graphdef, state, algo, batch, train)
+    return total / count
+
+
 def _pgm_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     if "x" in io and "groups" in io:
@@ -131,13 +163,13 @@ def _pgm_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarra
         if "t" in io:
             logp_x0 = jnp.take_along_axis(lp, jnp.asarray(io["x"])[..., None], -1)[..., 0]
             t = jnp.asarray(io["t"])
-            valid = jnp.asarray(io["valid"])
+            batch = {"tokens": jnp.asarray(io["x"]), "valid": jnp.asarray(io["valid"]), "t": t,
+                     "groups": jnp.asarray(io["groups"])}
             for split, train in (("train", True), ("val", False)):
-                nll = schedule.pgm_token_nll(logp_x0, jnp.asarray(io["groups"]), t,
-                                               train=train)
-                total, count = schedule.masked_mean(nll, valid)
-                out[f"token_nll_{split}{suffix}"] = nll
-                out[("loss_train" if train else "nelbo_val") + suffix] = total / count
+                out[f"token_nll_{split}{suffix}"] = schedule.pgm_token_nll(
+                    logp_x0, batch["groups"], t, train=train)
+                out[("loss_train" if train else "nelbo_val") + suffix] = training_loss(
+                    model, ALGO["pgm"], batch, train)
             out["t"] = schedule.stratify(jnp.asarray(io["t_uniform_u"]))
     for tag in ("inf", "infu"):
         if f"{tag}_x" not in io:
@@ -170,11 +202,11 @@ def _dit_outputs(model, io, prefix: str, mask_index: int) -> dict[str, np.ndarra
             out[f"dbg_{k}"] = jnp.broadcast_to(v, io.get(f"dbg_{k}", v).shape)
     if "t" in io:
         logp_x0 = jnp.take_along_axis(lp, x0[..., None], -1)[..., 0]
-        nll = schedule.mdlm_token_nll(logp_x0, xt, jnp.asarray(io["t"]), mask_index)
-        total, count = schedule.masked_mean(nll, jnp.asarray(io["valid"]))
-        out[f"token_nll{suffix}"] = nll
-        out[f"loss_train{suffix}"] = total / count
-        out[f"nelbo_val{suffix}"] = total / count
+        t = jnp.asarray(io["t"])
+        out[f"token_nll{suffix}"] = schedule.mdlm_token_nll(logp_x0, xt, t, mask_index)
+        batch = {"tokens": x0, "valid": jnp.asarray(io["valid"]), "t": t, "xt": xt}
+        out[f"loss_train{suffix}"] = training_loss(model, ALGO["mdlm_dit"], batch, True)
+        out[f"nelbo_val{suffix}"] = training_loss(model, ALGO["mdlm_dit"], batch, False)
         out["t"] = schedule.stratify(jnp.asarray(io["t_uniform_u"]))
     return out
 
@@ -241,10 +273,14 @@ def check_fixture(fixture: str | Path, weight_source: str = "npz") -> list[Row]:
         return family.check(fixture, weight_source)
     cfg, io = load_fixture(fixture)
     computed: dict[str, np.ndarray] = {}
+    loaded = []
     for which in ("raw", "ema"):
         model = fixture_model(fixture, cfg, which, weight_source)
         if model is not None:
+            loaded.append(which)
             computed.update(OUTPUTS[cfg.kind](model, io, which, cfg.mask_index))
+    if not loaded:
+        return []
     rows = []
     for name, value in computed.items():
         if name not in io:
@@ -254,7 +290,21 @@ def check_fixture(fixture: str | Path, weight_source: str = "npz") -> list[Row]:
             rows.append(Row(name, float(mism), 0.0, "mismatches"))
         else:
             rows.append(compare(name, value, io[name]))
+    compared = {r.name for r in rows}
+    rows += [Row(name, float("inf"), 0.0, "not computed")
+             for name in sorted(expected_outputs(cfg.kind, io, loaded) - compared)]
     return rows
+
+
+def expected_outputs(kind: str, io: dict[str, np.ndarray], weights: list[str]) -> set[str]:
+    """The arrays of `io` a check with the `weights` ('raw' / 'ema') loaded must compare: every
+    one but the documented inputs (and the other weight set's outputs)."""
+    names = set(io) - INPUTS[kind]
+    if "ema" not in weights:
+        names = {n for n in names if not n.endswith("_ema")}
+    if "raw" not in weights:
+        names = {n for n in names if n.endswith("_ema")}
+    return names
 
 
 def check_directories(dirs: list[str | Path], emit: Callable[[str], None]

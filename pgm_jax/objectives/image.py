@@ -89,8 +89,10 @@ def image_pgm_loss(model, batch: Batch, key: Array, train: bool) -> tuple[Array,
     cfg = model.cfg
     k_part, k_label, k_drop = jax.random.split(key, 3)
     x = with_bos(batch["tokens"], cfg.codebook_size + 1)
-    groups = pgm_partition(k_part, x.shape)
-    drop = drop_labels(k_label, x.shape[0], cfg.label_dropout)
+    # A batch may fix the draws (fixture parity feeds the reference's partition and drops).
+    groups = batch["groups"] if "groups" in batch else pgm_partition(k_part, x.shape)
+    drop = (batch["drop_label"] if "drop_label" in batch
+            else drop_labels(k_label, x.shape[0], cfg.label_dropout))
     logp = model(x, groups, batch["label"], drop, key=k_drop if train else None, targets=x)
     return _token_count(-logp[:, 1:])
 
@@ -100,7 +102,10 @@ def maskgit_loss(model, batch: Batch, key: Array, train: bool) -> tuple[Array, A
     cfg = model.cfg
     k_mask, k_label, k_drop = jax.random.split(key, 3)
     codes = batch["tokens"].astype(jnp.int32)
-    masked, _ = mask_codes(k_mask, codes, cfg.mask_index)
-    drop = drop_labels(k_label, codes.shape[0], cfg.label_dropout)
+    # A batch may fix the draws (fixture parity feeds the reference's masking and drops).
+    masked = (batch["masked"] if "masked" in batch
+              else mask_codes(k_mask, codes, cfg.mask_index)[0])
+    drop = (batch["drop_label"] if "drop_label" in batch
+            else drop_labels(k_label, codes.shape[0], cfg.label_dropout))
     logp = model(masked, batch["label"], drop, key=k_drop if train else None, targets=codes)
     return _token_count(-logp)

@@ -26,7 +26,9 @@ def pgm_loss(model: PGM, batch: Batch, key: Array, train: bool) -> tuple[Array, 
     tokens, valid = batch["tokens"], batch["valid"]
     k_t, k_g, k_drop = jax.random.split(key, 3)
     t = schedule.batch_times(k_t, batch)
-    groups = schedule.sample_partition(k_g, t, tokens.shape)
+    # A batch may fix the draws, as it may fix "t" (fixture parity feeds the reference's).
+    groups = (batch["groups"] if "groups" in batch
+              else schedule.sample_partition(k_g, t, tokens.shape))
     logp = model(tokens, groups, key=k_drop if train else None,
                  segment_ids=batch.get("segment_ids"), targets=tokens)
     nll = schedule.pgm_token_nll(logp, groups, t, train=train)
@@ -41,7 +43,9 @@ def mdlm_loss(model: DiT, batch: Batch, key: Array, train: bool) -> tuple[Array,
     tokens, valid = batch["tokens"], batch["valid"]
     k_t, k_m, k_drop = jax.random.split(key, 3)
     t = schedule.batch_times(k_t, batch)
-    xt = schedule.mask_tokens(k_m, tokens, t, model.cfg.mask_index)
+    # A batch may fix x_t, as it may fix "t" (fixture parity feeds the reference's).
+    xt = batch["xt"] if "xt" in batch else schedule.mask_tokens(k_m, tokens, t,
+                                                                 model.cfg.mask_index)
     # SUBS adds -1e6 to the MASK logit; -inf gives the same log-probs to float32 precision.
     logp = model(xt, sigma=schedule.sigma_of(t), key=k_drop if train else None,
                  targets=tokens)
