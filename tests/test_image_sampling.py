@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 from helpers import randomized_model
 
+from pgm_jax import sharding
 from pgm_jax.models import ModelConfig
 from pgm_jax.sampling import image
 from pgm_jax.sampling import image_orders as io
@@ -322,3 +323,22 @@ def test_bad_arguments_are_clear(real_pgm):
     with pytest.raises(ValueError, match="temperature"):
         image.sample_images(graphdef, params, cfg, jax.random.key(0), labels=LABELS, steps=4,
                             temperature=0.0)
+
+
+@pytest.mark.parametrize("kind, order", [("image_pgm", "confidence"), ("maskgit", "halton")])
+def test_sampling_split_over_8_devices_gives_the_one_device_images(real_pgm, real_maskgit,
+                                                                   kind, order):
+    """Hardening c: batches split over a data-parallel mesh of the 8 fake devices draw the
+    images one device draws, and the sampler's output really is split over the 8."""
+    cfg, graphdef, params = real_pgm if kind == "image_pgm" else real_maskgit
+    eight = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+    labels = np.arange(12, dtype=np.int32) % cfg.num_classes  # 2 batches of 8, the last padded
+    kw = dict(steps=4, order=order, cfg_w=1.5)
+    split = image.sample_images(graphdef, params, cfg, jax.random.key(5), labels=labels[:8],
+                                mesh=eight, **kw)
+    assert len(split.sharding.device_set) == 8 and not split.sharding.is_fully_replicated
+    codes = {name: image.image_samples(graphdef, params, cfg, jax.random.key(5), labels, 8,
+                                       mesh=mesh, **kw) for name, mesh in
+             (("eight", eight), ("one", None))}
+    assert codes["one"].shape == (12, 16)
+    np.testing.assert_array_equal(codes["eight"], codes["one"])

@@ -32,8 +32,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
+from pgm_jax import sharding
 from pgm_jax.models import ModelConfig
 from pgm_jax.sampling import image_orders as io
 from pgm_jax.sampling import pgm
@@ -58,15 +62,18 @@ class StepPlan:
 def sample_images(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: Array, *,
                   labels: Array, steps: int, order: str = "halton", temperature: float = 1.0,
                   cfg_w: float = 0.0, release_quirk: bool = False, bucket: int = 0,
-                  compile_only: bool = False) -> Array:
+                  mesh: Mesh | None = None, compile_only: bool = False) -> Array:
     """int32 [B, N] image codes in raster order, in [0, codebook_size).
 
     labels: int32 [B] class ids in [0, num_classes). `order`: "halton" | "confidence".
     `release_quirk` (PGM only) hides the last clean key as the released code does (§4.5).
     `bucket` (PGM only; 0 = `pgm.default_bucket(N + 1)`, N + 1 = pad every step to the full
     length) sets the encoder's shape granularity: it changes the cost, never the samples.
-    `compile_only` compiles everything a call with these arguments runs, runs no step, and
-    returns meaningless codes (benchmarks exclude compilation with it).
+    `mesh`: the rows (labels and sampler state) are split over its data-parallel axes, as the
+    text samplers' `batch_sharding` does; B must divide by their size. The samples do not
+    depend on it (draws are keyed by step, or by row and position). `compile_only` compiles
+    everything a call with these arguments runs, runs no step, and returns meaningless codes
+    (benchmarks exclude compilation with it).
     """
     if model_cfg.kind not in KINDS:
         raise ValueError(f"model.kind={model_cfg.kind!r}: the image samplers need one of {KINDS}")
@@ -76,6 +83,7 @@ def sample_images(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: A
         raise ValueError(f"sample.temperature={temperature}: must be > 0 (it divides the "
                          "logits)")
     labels = jnp.asarray(labels, jnp.int32)
+    rows = (lambda x: x) if mesh is None else functools.partial(_split_rows, mesh)
     if labels.ndim != 1:
         raise ValueError(f"labels must be int32 [batch], got shape {labels.shape}")
     if labels.is_fully_addressable:  # one small host read per call, never inside the loop
@@ -84,23 +92,30 @@ def sample_images(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: A
             raise ValueError(f"labels must be class ids in [0, {model_cfg.num_classes}) "
                              f"(model.num_classes), got [{host.min()}, {host.max()}]")
     guided = float(cfg_w) != 0.0
+    labels = rows(labels)
     if model_cfg.kind == "maskgit":
         return sample_maskgit(graphdef, params, model_cfg, key, labels=labels, steps=steps,
                               order=order, temperature=temperature, cfg_w=cfg_w, guided=guided,
-                              compile_only=compile_only)
+                              compile_only=compile_only, rows=rows)
     return sample_pgm(graphdef, params, model_cfg, key, labels=labels, steps=steps, order=order,
                       temperature=temperature, cfg_w=cfg_w, guided=guided,
-                      release_quirk=release_quirk, bucket=bucket, compile_only=compile_only)
+                      release_quirk=release_quirk, bucket=bucket, compile_only=compile_only,
+                      rows=rows)
+
+
+def _split_rows(mesh: Mesh, x: Array) -> Array:
+    """x [B, ...] with its rows over the mesh's data-parallel axes (the rest replicated)."""
+    return jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))
 
 
 # ----------------------------------------------------------------------------- MaskGIT
 def sample_maskgit(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: Array, *,
                    labels: Array, steps: int, order: str, temperature: float, cfg_w: float,
-                   guided: bool, compile_only: bool = False) -> Array:
+                   guided: bool, compile_only: bool = False, rows=lambda x: x) -> Array:
     """MaskGIT-confidence (§4.1) or MaskGIT-Halton (§4.2): int32 [B, N] raster codes.
 
     `guided` runs the doubled CFG batch (set when cfg_w != 0; with w = 0 it samples exactly
-    what the unguided path does)."""
+    what the unguided path does). `rows` places [B, ...] state (`sample_images`' mesh)."""
     n = model_cfg.length
     if order == "halton":
         # rank[k] = step-independent position of cell k in the Halton order; step i writes the
@@ -119,20 +134,22 @@ def sample_maskgit(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: 
         noise = io.gumbel_scales(steps)
     sched = jax.tree.map(jnp.asarray, (rank, reveal, temps, weights, noise))
     calls = jnp.int32(0 if compile_only else steps)
-    return _maskgit_loop(graphdef, params, key, labels, *sched, calls,
+    code = rows(jnp.full((labels.shape[0], n), model_cfg.codebook_size, jnp.int32))  # all MASK
+    return _maskgit_loop(graphdef, params, key, labels, code, *sched, calls,
                          mask_id=model_cfg.codebook_size, codebook_size=model_cfg.codebook_size,
-                         order=order, guided=guided)
+                         order=order, guided=guided, row_sharding=_row_sharding(code))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mask_id", "codebook_size", "order",
-                                             "guided"))
-def _maskgit_loop(graphdef, params, key, labels, rank, reveal, temps, weights, noise, steps, *,
-                  mask_id, codebook_size, order, guided):
+                                             "guided", "row_sharding"))
+def _maskgit_loop(graphdef, params, key, labels, code, rank, reveal, temps, weights, noise,
+                  steps, *, mask_id, codebook_size, order, guided, row_sharding):
     """The whole MaskGIT loop: code int32 [B, N] from all-mask to clamped codes.
 
     rank: int32 [N] Halton rank of each cell; reveal: int32 [S] cumulative cells written by
     step i; temps, weights, noise: float32 [S] per-step logit multiplier, CFG weight, Gumbel
-    scale; steps: traced int32 (0 compiles without running a step)."""
+    scale; steps: traced int32 (0 compiles without running a step). `row_sharding`: the
+    code's rows stay split as it says (None: unconstrained)."""
     model = nnx.merge(graphdef, params)
     b, n = labels.shape[0], rank.shape[0]
     if guided:
@@ -154,9 +171,8 @@ def _maskgit_loop(graphdef, params, key, labels, rank, reveal, temps, weights, n
             # Known cells rank first (+inf) and are re-sampled; k_i counts them.
             conf = jnp.where(code != mask_id, jnp.inf, conf)
             write = io.descending_ranks(conf) < reveal[i]
-        return jnp.where(write, sampled, code)
+        return _constrain(jnp.where(write, sampled, code), row_sharding)
 
-    code = jnp.full((b, n), mask_id, jnp.int32)
     code = jax.lax.fori_loop(0, steps, body, code)
     return jnp.clip(code, 0, codebook_size - 1)
 
@@ -187,7 +203,7 @@ def plan_pgm_steps(num_tokens: int, steps: int, order: str, bucket: int = 0) -> 
 def sample_pgm(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: Array, *,
                labels: Array, steps: int, order: str, temperature: float, cfg_w: float,
                guided: bool, release_quirk: bool = False, bucket: int = 0,
-               compile_only: bool = False) -> Array:
+               compile_only: bool = False, rows=lambda x: x) -> Array:
     """PGM-Halton or PGM-confidence (§4.3): int32 [B, N] raster codes.
 
     State: `packed` int32 [B, N+1+pad] tokens in reveal order (BOS first) and `positions`
@@ -202,6 +218,7 @@ def sample_pgm(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: Arra
     positions = np.concatenate([[0], first + 1, np.zeros(pad, np.int64)]).astype(np.int32)
     positions = jnp.broadcast_to(jnp.asarray(positions), (b, positions.shape[0]))
     packed = jnp.full(positions.shape, model_cfg.codebook_size + 1, jnp.int32)  # BOS
+    packed, positions = rows(packed), rows(positions)
     if order == "halton":
         temps = io.halton_temperatures(1.0 / temperature, steps)
         noise = np.zeros(steps, np.float32)
@@ -219,30 +236,36 @@ def sample_pgm(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: Arra
             graphdef, params, packed, positions, labels, jax.random.fold_in(key, p.step),
             *scalars, jnp.int32(0 if compile_only else 1), bucket=p.bucket, width=p.width,
             order=order, guided=guided, release_quirk=release_quirk, num_tokens=n,
-            codebook_size=model_cfg.codebook_size)
-    return _finish(packed[:, :n + 1], positions[:, :n + 1], model_cfg.codebook_size)
+            codebook_size=model_cfg.codebook_size, row_sharding=_row_sharding(packed))
+    return _finish(packed[:, :n + 1], positions[:, :n + 1], model_cfg.codebook_size,
+                   _row_sharding(packed))
 
 
 @functools.partial(
     jax.jit,
     static_argnames=("graphdef", "bucket", "width", "order", "guided", "release_quirk",
-                     "num_tokens", "codebook_size"),
+                     "num_tokens", "codebook_size", "row_sharding"),
     donate_argnums=(2, 3),
 )
 def _pgm_step(graphdef, params, packed, positions, labels, key, decoded, count, w, temp, noise,
-              calls, *, bucket, width, order, guided, release_quirk, num_tokens, codebook_size):
+              calls, *, bucket, width, order, guided, release_quirk, num_tokens, codebook_size,
+              row_sharding):
     """One PGM step: reveals `count` tokens after the first `decoded` (traced scalars).
 
     The encoder sees the static prefix [:bucket] (BOS + decoded tokens + padding keys marked
     invalid); the decoder the `width` positions after them (slots past the step's count, or
     past the sequence, are padding). `calls` (0 or 1) runs the step that many times: 0
-    compiles it without running it. Returns the updated (packed, positions).
+    compiles it without running it. Returns the updated (packed, positions), their rows
+    split as `row_sharding` says (None: unconstrained).
     """
     body = functools.partial(_pgm_step_body, graphdef, params, labels, key, decoded, count, w,
                              temp, noise, bucket=bucket, width=width, order=order, guided=guided,
                              release_quirk=release_quirk, num_tokens=num_tokens,
                              codebook_size=codebook_size)
-    return jax.lax.fori_loop(0, calls, lambda _, state: body(*state), (packed, positions))
+    def step(_, state):
+        return tuple(_constrain(x, row_sharding) for x in body(*state))
+
+    return jax.lax.fori_loop(0, calls, step, (packed, positions))
 
 
 def _pgm_step_body(graphdef, params, labels, key, decoded, count, w, temp, noise, packed,
@@ -288,10 +311,24 @@ def _pgm_step_body(graphdef, params, labels, key, decoded, count, w, temp, noise
     return packed, positions
 
 
-@functools.partial(jax.jit, static_argnames=("codebook_size",))
-def _finish(packed: Array, positions: Array, codebook_size: int) -> Array:
+@functools.partial(jax.jit, static_argnames=("codebook_size", "row_sharding"))
+def _finish(packed: Array, positions: Array, codebook_size: int, row_sharding=None) -> Array:
     """Reveal order -> raster codes int32 [B, N]: scatter, drop BOS, clamp into the codebook."""
-    return jnp.clip(pgm.to_natural_order(packed, positions)[:, 1:], 0, codebook_size - 1)
+    codes = jnp.clip(pgm.to_natural_order(packed, positions)[:, 1:], 0, codebook_size - 1)
+    return _constrain(codes, row_sharding)
+
+
+def _row_sharding(x: Array):
+    """x's sharding when its rows are split over devices (`sample_images`' mesh), else None."""
+    sh = x.sharding
+    return sh if isinstance(sh, jax.sharding.NamedSharding) and not sh.is_fully_replicated \
+        else None
+
+
+def _constrain(x: Array, row_sharding) -> Array:
+    """Why: the model's gathers and scatters leave XLA free to replicate the sampler state;
+    this keeps each device on its own rows."""
+    return x if row_sharding is None else jax.lax.with_sharding_constraint(x, row_sharding)
 
 
 def grid_labels(num_classes: int, per_class: int, classes: list[int] | None = None
@@ -305,20 +342,28 @@ def grid_labels(num_classes: int, per_class: int, classes: list[int] | None = No
 
 
 def image_samples(graphdef: nnx.GraphDef, params: dict, model_cfg: ModelConfig, key: jax.Array,
-                  labels: np.ndarray, batch_size: int, **sampler) -> np.ndarray:
+                  labels: np.ndarray, batch_size: int, mesh: Mesh | None = None, **sampler
+                  ) -> np.ndarray:
     """int32 [M, N] samples of `labels` (int [M]) on the host, `batch_size` at a time.
 
     Batch i draws with `fold_in(key, i)`; the last batch is padded to `batch_size` (one
-    compiled shape). `sampler`: `sample_images`' settings (steps, order, temperature, cfg_w,
-    release_quirk, bucket).
+    compiled shape). With `mesh`, each batch is split over its data-parallel devices when they
+    divide `batch_size` (as `sampling.generate_many`), else it is not split; the samples are
+    the same either way. `sampler`: `sample_images`' settings (steps, order, temperature,
+    cfg_w, release_quirk, bucket).
     """
+    if mesh is not None and batch_size % sharding.data_parallel_size(mesh):
+        logging.warning("batch size %d is not divisible by the %d data-parallel devices: the "
+                        "batch is not sharded", batch_size, sharding.data_parallel_size(mesh))
+        mesh = None
     out = []
     for i, start in enumerate(range(0, len(labels), batch_size)):
         chunk = np.asarray(labels[start:start + batch_size], np.int32)
         padded = np.pad(chunk, (0, batch_size - len(chunk)))
         codes = sample_images(graphdef, params, model_cfg, jax.random.fold_in(key, i),
-                              labels=jnp.asarray(padded), **sampler)
-        out.append(np.asarray(jax.device_get(codes))[:len(chunk)])
+                              labels=padded, mesh=mesh, **sampler)
+        codes = multihost_utils.process_allgather(codes, tiled=True)  # every process: all rows
+        out.append(np.asarray(codes)[:len(chunk)])
     return np.concatenate(out).astype(np.int32)
 
 
