@@ -26,7 +26,7 @@ from pgm_jax import checkpoint, sharding
 from pgm_jax import config as config_lib
 from pgm_jax.models import build_model, layers
 from pgm_jax.objectives.losses import LOSSES
-from pgm_jax.train import loop
+from pgm_jax.train import setup
 from pgm_jax.train.step import init_state, jit_train_step, make_train_step
 
 GIB = 1 << 30
@@ -97,7 +97,7 @@ def dry_run(config: ConfigDict, devices: list | None = None) -> MemoryReport:
     """Compiles the config's train step for `devices` (default: the attached ones)."""
     config_lib.validate(config)
     devices = list(devices) if devices is not None else jax.devices()
-    mesh = loop.build_mesh(config, devices)
+    mesh = setup.build_mesh(config, devices)
     vocab, mask = config.model.vocab_size, config.model.mask_index
     if config_lib.is_image(config):  # from model.codebook_size
         model_cfg = config_lib.model_config(config)
@@ -105,7 +105,7 @@ def dry_run(config: ConfigDict, devices: list | None = None) -> MemoryReport:
         if vocab == -1:  # a sentencepiece tokenizer: data.vocab_size pieces + appended MASK
             vocab, mask = config.data.vocab_size + 1, config.data.vocab_size
         model_cfg = config_lib.model_config(config, vocab_size=vocab, mask_index=mask)
-    graphdef, shardings, tx = loop.abstract_training(config, model_cfg, mesh)
+    graphdef, shardings, tx = setup.abstract_training(config, model_cfg, mesh)
     seed = config.seed
     state = checkpoint.abstract(
         jax.eval_shape(lambda: init_state(build_model(model_cfg, seed), tx, seed)), shardings)

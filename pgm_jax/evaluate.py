@@ -88,7 +88,7 @@ def main(argv: list[str]) -> None:
 
     from pgm_jax import sharding
     from pgm_jax.config import IMAGE_ALGOS, load_run_config, model_config
-    from pgm_jax.eval.evaluation import sample_quality, validation
+    from pgm_jax.eval.evaluation import sample_quality
     from pgm_jax.eval.judge import load_judge
     from pgm_jax.sampling import from_run
 
@@ -112,7 +112,7 @@ def main(argv: list[str]) -> None:
     result: dict = {"workdir": os.path.abspath(workdir)}
     step = _STEP.value
     if _VAL.value:
-        result["val"], step = validation(workdir, config, step, _MAX_BATCHES.value)
+        result["val"], step = run_validation(workdir, config, step)
         result["step"] = step
         print(f"validation: nll {result['val']['nll']:.4f} | ppl {result['val']['ppl']:.2f} | "
               f"{int(result['val']['tokens'])} tokens in {result['val']['examples']} examples",
@@ -143,6 +143,17 @@ def main(argv: list[str]) -> None:
     write_result(workdir, result)
 
 
+def run_validation(workdir: str, config, step: int | None) -> tuple[dict, int]:
+    """(validation metrics, checkpoint step), text or image: the run set up as training sets it
+    up (same mesh, data and checks), then `eval.evaluation.validation`."""
+    from pgm_jax.eval.evaluation import validation
+    from pgm_jax.train.setup import setup
+
+    run = setup(config, workdir)
+    return validation(workdir, config, run.data, run.mesh, run.model_cfg, step,
+                      _MAX_BATCHES.value)
+
+
 def write_result(workdir: str, result: dict) -> None:
     """Prints `result` and writes it to `--output` (default WORKDIR/eval_step_<N>.json)."""
     import jax
@@ -153,21 +164,6 @@ def write_result(workdir: str, result: dict) -> None:
             json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")
-
-
-def image_validation(workdir: str, config, step: int | None, max_batches: int
-                     ) -> tuple[dict, int]:
-    """(validation metrics, checkpoint step) of an image run with its EMA weights: the
-    training objective's mean NLL per image token over every validation image."""
-    from pgm_jax.restore import restore_params
-    from pgm_jax.train import loop
-
-    run = loop.setup(config, workdir)
-    _, params, step = restore_params(workdir, run.model_cfg, run.mesh, step, item="ema")
-    _, eval_step = loop.jit_steps(run)
-    metrics = loop.evaluate(run, eval_step, params, max_batches)
-    metrics["examples"] = len(run.data.val)
-    return metrics, step
 
 
 def image_fid(workdir: str, config, step: int | None) -> tuple[dict, int]:
@@ -238,7 +234,7 @@ def evaluate_images(workdir: str, config) -> dict:
     result: dict = {"workdir": os.path.abspath(workdir)}
     step = _STEP.value
     if _VAL.value:
-        result["val"], step = image_validation(workdir, config, step, _MAX_BATCHES.value)
+        result["val"], step = run_validation(workdir, config, step)
         result["step"] = step
         v = result["val"]
         print(f"validation: nll {v['nll']:.4f} nats/token ({v['bits_per_token']:.4f} bits) | "

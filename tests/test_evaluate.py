@@ -19,8 +19,10 @@ from pgm_jax.config import load_run_config, model_config, save_config
 from pgm_jax.data import load_text_data
 from pgm_jax.eval.evaluation import validation
 from pgm_jax.objectives import schedule
+from pgm_jax.objectives.validation import EVAL_SEED_OFFSET
 from pgm_jax.restore import CHECKPOINT_DIR, restore_params
-from pgm_jax.train import loop
+from pgm_jax.sampling.from_run import on_current_schema
+from pgm_jax.train.setup import setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 L = 32
@@ -38,7 +40,7 @@ def run_dir(tmp_path_factory):
     c.data.val_fraction = 0.02
     c.train.batch_size = c.train.eval_batch_size = 8
     workdir = str(tmp_path_factory.mktemp("run"))
-    run = loop.setup(c, workdir)  # trains the tokenizer into the workdir
+    run = setup(c, workdir)  # trains the tokenizer into the workdir
     c.model.vocab_size, c.model.mask_index = run.model_cfg.vocab_size, run.model_cfg.mask_index
     save_config(c, workdir)
     raw, ema = (nnx.to_pure_dict(nnx.state(randomized_model(run.model_cfg, seed), nnx.Param))
@@ -67,7 +69,7 @@ def hand_nelbo(run_dir: str, blocks: np.ndarray, batch: int) -> float:
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     graphdef, params, _ = restore_params(run_dir, mcfg, mesh, item="ema")
     forward = jax.jit(lambda tokens, groups: nnx.merge(graphdef, params)(tokens, groups))
-    base = jax.random.key(config.seed + loop.EVAL_SEED_OFFSET)
+    base = jax.random.key(config.seed + EVAL_SEED_OFFSET)
     m = len(blocks)
     rows = np.zeros((-(-m // batch) * batch, L), np.int32)
     rows[:m] = blocks
@@ -89,9 +91,10 @@ def hand_nelbo(run_dir: str, blocks: np.ndarray, batch: int) -> float:
 
 def test_validation_is_the_hand_summed_nelbo_over_every_example(run_dir, split_and_batch):
     blocks, batch = split_and_batch
-    config = load_run_config(run_dir)
+    config = on_current_schema(load_run_config(run_dir))
     config.train.eval_batch_size = batch
-    metrics, step = validation(run_dir, config, None, 0)
+    run = setup(config, run_dir)
+    metrics, step = validation(run_dir, config, run.data, run.mesh, run.model_cfg, None, 0)
     assert step == 1 and metrics["examples"] == len(blocks)
     assert metrics["tokens"] == len(blocks) * L  # the padded rows count for nothing
     assert metrics["nll"] == pytest.approx(hand_nelbo(run_dir, blocks, batch), rel=1e-5)

@@ -21,10 +21,10 @@ from pgm_jax import checkpoint, sharding
 from pgm_jax.config import flatten
 from pgm_jax.metrics import NonFiniteError
 from pgm_jax.objectives.text import pgm_loss
+from pgm_jax.objectives.validation import evaluate, jit_eval_step, make_eval_step
 from pgm_jax.restore import CHECKPOINT_DIR, restore_params
 from pgm_jax.sampling import generate
-from pgm_jax.train import loop
-from pgm_jax.train.step import jit_eval_step, make_eval_step
+from pgm_jax.train import loop, setup
 from tests.helpers import tiny_config
 from tests.test_train import REPO, tiny
 
@@ -151,11 +151,11 @@ def test_checkpoint_from_2x4_mesh_restores_on_8x1_1x1_and_one_device(tmp_path):
     config = tiny()
     config.mesh.data, config.mesh.fsdp = 2, 4
     workdir = str(tmp_path)
-    run = loop.setup(config, workdir)
+    run = setup.setup(config, workdir)
     assert any("fsdp" in str(s.spec) for s in jax.tree.leaves(run.shardings.params))
     # Fresh weights with noise added: the zero-initialised output layers would hide errors.
     rng = np.random.default_rng(0)
-    saved = loop.initial_state(run)
+    saved = setup.initial_state(run)
     live = jax.tree.map(
         lambda x, sh: jax.device_put(
             np.asarray(x) + 0.3 * rng.standard_normal(x.shape).astype(np.float32), sh),
@@ -171,9 +171,9 @@ def test_checkpoint_from_2x4_mesh_restores_on_8x1_1x1_and_one_device(tmp_path):
     one_device = jax.devices()[:1]
     for sizes, devices in (((8, 1), None), ((1, 1), one_device)):
         mesh = sharding.make_mesh({"data": sizes[0], "fsdp": sizes[1], "tensor": 1}, devices)
-        graphdef, shardings, tx = loop.abstract_training(config, run.model_cfg, mesh)
-        other = loop.Run(config, run.model_cfg, run.data, mesh, graphdef, shardings, tx)
-        state, data_state = loop.restore_state(other, ckpt, 2)
+        graphdef, shardings, tx = setup.abstract_training(config, run.model_cfg, mesh)
+        other = setup.Run(config, run.model_cfg, run.data, mesh, graphdef, shardings, tx)
+        state, data_state = setup.restore_state(other, ckpt, 2)
         assert data_state == {"position": 7}
         for leaf, sh in zip(jax.tree.leaves(state), jax.tree.leaves(shardings), strict=True):
             assert leaf.sharding == sh
@@ -186,12 +186,11 @@ def test_checkpoint_from_2x4_mesh_restores_on_8x1_1x1_and_one_device(tmp_path):
     graphdef, ema, step = restore_params(workdir, run.model_cfg, mesh1)
     assert step == 2
     assert {d for x in jax.tree.leaves(ema) for d in x.devices()} == set(one_device)
-    run1 = loop.Run(config, run.model_cfg, run.data, mesh1, graphdef, None, None)
     eval1 = jit_eval_step(make_eval_step(graphdef, pgm_loss),
                           jax.tree.map(lambda x: x.sharding, ema), mesh1)
     eval8 = jit_eval_step(make_eval_step(run.graphdef, pgm_loss), run.shardings.ema, run.mesh)
-    nll1 = loop.evaluate(run1, eval1, ema, max_batches=2)["nll"]
-    nll8 = loop.evaluate(run, eval8, saved.ema, max_batches=2)["nll"]
+    nll1 = evaluate(eval1, ema, run.data, mesh1, config, max_batches=2)["nll"]
+    nll8 = evaluate(eval8, saved.ema, run.data, run.mesh, config, max_batches=2)["nll"]
     np.testing.assert_allclose(nll1, nll8, rtol=1e-5)
     tokens = np.asarray(generate(graphdef, ema, run.model_cfg, jax.random.key(0), num_samples=2,
                                  steps=8, bos_id=run.data.tokenizer.bos_id))
@@ -312,10 +311,10 @@ def test_nonfinite_skip_logs_each_bad_step_and_keeps_the_state(tmp_path, caplog)
     assert result["step"] == 4
     bad = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
     assert bad == [f"step {s}: non-finite grad_norm=inf: update skipped" for s in (2, 3, 4)]
-    run = loop.setup(exploding("skip"), workdir)
+    run = setup.setup(exploding("skip"), workdir)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), read_only=True)
-    after_1, _ = loop.restore_state(run, ckpt, 1)
-    after_4, _ = loop.restore_state(run, ckpt, 4)
+    after_1, _ = setup.restore_state(run, ckpt, 1)
+    after_4, _ = setup.restore_state(run, ckpt, 4)
     assert int(after_4.step) == 4
     for name in ("params", "opt_state", "ema"):  # steps 2-4 changed nothing
         for a, b in zip(jax.tree.leaves(jax.device_get(getattr(after_4, name))),
@@ -338,6 +337,7 @@ def test_cli_reports_a_stopped_run_in_one_line_with_status_1():
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == "error: step 7: non-finite loss=nan"
     assert "Traceback" not in out.stderr
+
 
 
 def _failing_restore(ckpt: checkpoint.Checkpointer, failing_step: int, error: Exception):

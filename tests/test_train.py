@@ -13,8 +13,9 @@ from flax import nnx
 
 from configs import demo
 from pgm_jax import sharding
+from pgm_jax.models import build_model
 from pgm_jax.objectives.losses import LOSSES
-from pgm_jax.train import loop
+from pgm_jax.train import loop, setup
 from pgm_jax.train.step import jit_train_step, make_train_step, state_shardings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,8 +56,8 @@ def train_losses(workdir):
 def test_sharded_step_matches_single_device(tmp_path, algo):
     config = tiny(algo)
     config.mesh.data, config.mesh.fsdp = 4, 2
-    run = loop.setup(config, str(tmp_path))
-    abstract_model = nnx.eval_shape(lambda: loop.build_model(run.model_cfg, config.seed))
+    run = setup.setup(config, str(tmp_path))
+    abstract_model = nnx.eval_shape(lambda: build_model(run.model_cfg, config.seed))
     one = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     run1 = dataclasses.replace(run, mesh=one,
                                shardings=state_shardings(abstract_model, run.tx, one))
@@ -68,7 +69,7 @@ def test_sharded_step_matches_single_device(tmp_path, algo):
     for r in (run, run1):
         step = jit_train_step(make_train_step(r.graphdef, LOSSES[config.algo], r.tx, 0.9),
                               r.shardings, r.mesh)
-        state, metrics = step(loop.initial_state(r), sharding.global_batch(r.mesh, batch_np))
+        state, metrics = step(setup.initial_state(r), sharding.global_batch(r.mesh, batch_np))
         state, metrics = step(state, sharding.global_batch(r.mesh, batch_np))
         results.append((jax.device_get(metrics), jax.device_get(state.params)))
     (m8, p8), (m1, p1) = results

@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from pgm_jax.data import TextTokenizer
 from pgm_jax.eval import genppl
 from pgm_jax.eval.judge import Judge
-from pgm_jax.objectives.losses import LOSSES
+from pgm_jax.models import ModelConfig
+from pgm_jax.objectives import validation as val
 from pgm_jax.restore import restore_params
-from pgm_jax.sampling.from_run import on_current_schema
-from pgm_jax.train import loop
-from pgm_jax.train.step import jit_eval_step, make_eval_step
 
 
-def validation(workdir: str, config: ConfigDict, step: int | None, max_batches: int
-               ) -> tuple[dict, int]:
-    """(validation metrics, checkpoint step): `train.loop.evaluate` with the EMA weights over
-    every validation example (`examples` counts them). `config`: the run's stored config."""
-    run = loop.setup(on_current_schema(config), workdir)
-    _, params, step = restore_params(workdir, run.model_cfg, run.mesh, step, item="ema")
-    eval_step = jit_eval_step(make_eval_step(run.graphdef, LOSSES[config.algo]),
-                              run.shardings.ema, run.mesh)
-    metrics = loop.evaluate(run, eval_step, params, max_batches)
-    metrics["examples"] = len(run.data.val)
+def validation(workdir: str, config: ConfigDict, data, mesh: Mesh, model_cfg: ModelConfig,
+               step: int | None, max_batches: int) -> tuple[dict, int]:
+    """(validation metrics, checkpoint step) of a text or image run with its EMA weights:
+    `objectives.validation.evaluate` over every validation example (`examples` counts them).
+
+    config: the run's stored config on today's schema; data, mesh, model_cfg: the run's, as
+    `train.setup.setup` builds them (passed in: eval does not import train).
+    """
+    graphdef, params, step = restore_params(workdir, model_cfg, mesh, step, item="ema")
+    eval_step = val.jit_eval_step(val.eval_step_for(config.algo, graphdef),
+                                  jax.tree.map(lambda x: x.sharding, params), mesh)
+    metrics = val.evaluate(eval_step, params, data, mesh, config, max_batches)
+    metrics["examples"] = len(data.val)
     return metrics, step
 
 

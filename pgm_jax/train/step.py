@@ -1,4 +1,4 @@
-"""Train state and the pure train / eval steps (jitted with explicit shardings).
+"""Train state and the pure train step (jitted with explicit shardings).
 
 The model is split once into a static `graphdef` and a pure-dict parameter tree; the steps
 merge them inside the traced function (flax gemma's functional pattern), so the state is a
@@ -167,16 +167,6 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
     return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn
-                   ) -> Callable[[dict, Batch, Array], tuple[Array, Array]]:
-    """(params, batch, key) -> (sum of token NLLs, valid tokens) with the eval estimator."""
-
-    def eval_step(params: dict, batch: Batch, key: Array) -> tuple[Array, Array]:
-        return loss_fn(nnx.merge(graphdef, params), batch, key, False)
-
-    return eval_step
-
-
 def jit_train_step(step_fn, shardings: TrainState, mesh: Mesh):
     """jax.jit with explicit in/out shardings; the old state's buffers are donated.
 
@@ -190,10 +180,3 @@ def jit_train_step(step_fn, shardings: TrainState, mesh: Mesh):
     return jax.jit(sharding.traced_under(mesh, step_fn), in_shardings=(shardings, batch_sh),
                    out_shardings=(shardings, metric_sh), donate_argnums=(0,))
 
-
-def jit_eval_step(eval_fn, param_shardings, mesh: Mesh):
-    """eval_fn(params, batch, key) jitted with the batch split like `jit_train_step`'s."""
-    rep = sharding.replicated(mesh)
-    return jax.jit(sharding.traced_under(mesh, eval_fn),
-                   in_shardings=(param_shardings, sharding.batch_sharding(mesh, 1), rep),
-                   out_shardings=(rep, rep))
