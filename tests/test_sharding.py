@@ -1,5 +1,11 @@
 """Mesh from config, logical sharding rules, the replicated-fraction guard, and sharded /
-accumulated train steps that equal the plain single-device step."""
+accumulated train steps that equal the plain single-device step.
+
+The equivalence tests start from randomised weights (`helpers.randomized_model`): from the
+reference's zero initialisation every block is an identity whose attention and MLP weights get
+exactly zero gradient, so an error inside a block would pass. Each asserts that every compared
+leaf has a non-zero gradient.
+"""
 
 import dataclasses
 
@@ -8,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import tiny_config
+from helpers import randomized_model, tiny_config
 
 from configs import demo
 from pgm_jax import config as config_lib
@@ -16,7 +22,7 @@ from pgm_jax import sharding
 from pgm_jax.models import build_model
 from pgm_jax.objectives import schedule
 from pgm_jax.objectives.losses import LOSSES
-from pgm_jax.train import optim, setup
+from pgm_jax.train import loop, optim
 from pgm_jax.train.step import (
     init_state,
     jit_train_step,
@@ -30,14 +36,30 @@ OPTIM = demo.get_config().optim
 
 
 def make_run(cfg, mesh, loss_fn, grad_accum=1):
-    """(jitted train step, initial state) for `cfg` on `mesh` (tiny, so no data pipeline)."""
+    """(jitted train step, initial state from randomised weights) for `cfg` on `mesh` (tiny,
+    so no data pipeline)."""
     tx = optim.make_optimizer(OPTIM, 100)
     abstract = nnx.eval_shape(lambda: build_model(cfg, 0))
     shardings = state_shardings(abstract, tx, mesh)
     step = make_train_step(nnx.graphdef(abstract), loss_fn, tx, 0.9, grad_accum,
                            sharding.data_parallel_size(mesh))
-    state = jax.jit(lambda: init_state(build_model(cfg, 0), tx, 0), out_shardings=shardings)()
+    state = jax.device_put(init_state(randomized_model(cfg, 0), tx, 0), shardings)
     return jit_train_step(step, shardings, mesh), state
+
+
+def assert_every_gradient_nonzero(model, loss_fn, tokens):
+    """Every parameter leaf of `model` gets a non-zero gradient from `loss_fn` on `tokens`."""
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def total(p):
+        s, n = loss_fn(nnx.merge(graphdef, p), {"tokens": tokens, "valid": jnp.ones_like(tokens)},
+                       jax.random.key(3), True)
+        return s / n
+
+    grads = jax.jit(jax.grad(total))(params)
+    dead = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
+            if not np.any(np.asarray(g))]
+    assert not dead, f"zero gradient (an error there would go unnoticed): {dead}"
 
 
 def two_steps(cfg, mesh, loss_fn, grad_accum=1):
@@ -68,10 +90,19 @@ def single_pgm(one_device):
     return two_steps(tiny_config(dropout=0.1), one_device, LOSSES["pgm"])
 
 
-def test_fsdp_tensor_step_matches_single_device(single_pgm):
+def test_equivalence_tests_start_where_every_weight_learns():
+    tokens = jax.random.randint(jax.random.key(1), (B, 32), 0, 63)
+    assert_every_gradient_nonzero(randomized_model(tiny_config(dropout=0.1), 0), LOSSES["pgm"],
+                                  tokens)
+    assert_every_gradient_nonzero(randomized_model(tiny_config(), 0), fixed_partition_loss,
+                                  tokens)
+
+
+@pytest.mark.parametrize("remat", ["dots_no_batch", "dots"])
+def test_fsdp_tensor_step_matches_single_device(single_pgm, remat):
     """(2, 4) fsdp x tensor with scan over layers, remat and chunked logits == one device."""
     mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
-    cfg = tiny_config(dropout=0.1, scan_layers=True, remat="dots_no_batch", logits_chunk=8)
+    cfg = tiny_config(dropout=0.1, scan_layers=True, remat=remat, logits_chunk=8)
     step, state = make_run(cfg, mesh, LOSSES["pgm"])
     specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
     assert any("fsdp" in s and "tensor" in s for s in specs)  # really sharded two ways
@@ -163,7 +194,7 @@ def test_mesh_from_config_refuses_what_does_not_fit():
     c.train.batch_size, c.train.grad_accum = 16, 4
     with pytest.raises(config_lib.ConfigError,
                        match=r"config.train.batch_size=16: .* = 8 times train.grad_accum=4"):
-        setup.build_mesh(c)
+        loop.build_mesh(c)
 
 
 def test_hybrid_mesh_keeps_each_slice_contiguous():
@@ -187,14 +218,15 @@ def test_activation_constraint_only_under_a_mesh():
     np.testing.assert_array_equal(jax.jit(sharding.traced_under(mesh, f))(x), 2 * x)
 
 
-def test_memory_options_do_not_change_the_model():
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_memory_options_do_not_change_the_model(remat):
     """remat / scan_layers / logits_chunk give the same loss and gradients as the plain model
-    (MDLM DiT; the PGM equivalent is the sharded test above)."""
+    (MDLM DiT, randomised weights; the PGM equivalent is the sharded test above)."""
     base = tiny_config(kind="mdlm_dit", dropout=0.1)
     tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, 63)
 
     def loss_and_grads(cfg):
-        model = build_model(cfg, 0)
+        model = randomized_model(cfg, 0)
         graphdef, params = nnx.split(model)
 
         def f(p):
@@ -203,8 +235,11 @@ def test_memory_options_do_not_change_the_model():
         return jax.jit(jax.value_and_grad(f))(params)
 
     ref_v, ref_g = loss_and_grads(base)
-    v, g = loss_and_grads(dataclasses.replace(base, scan_layers=True, remat="full",
+    v, g = loss_and_grads(dataclasses.replace(base, scan_layers=True, remat=remat,
                                               logits_chunk=5))
+    dead = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(ref_g)
+            if not np.any(np.asarray(x))]
+    assert not dead, f"zero gradient: {dead}"
     np.testing.assert_allclose(v, ref_v, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref_g), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
