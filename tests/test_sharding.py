@@ -22,7 +22,7 @@ from pgm_jax import sharding
 from pgm_jax.models import build_model
 from pgm_jax.objectives import schedule
 from pgm_jax.objectives.losses import LOSSES
-from pgm_jax.train import loop, optim
+from pgm_jax.train import optim, setup
 from pgm_jax.train.step import (
     init_state,
     jit_train_step,
@@ -194,7 +194,7 @@ def test_mesh_from_config_refuses_what_does_not_fit():
     c.train.batch_size, c.train.grad_accum = 16, 4
     with pytest.raises(config_lib.ConfigError,
                        match=r"config.train.batch_size=16: .* = 8 times train.grad_accum=4"):
-        loop.build_mesh(c)
+        setup.build_mesh(c)
 
 
 def test_hybrid_mesh_keeps_each_slice_contiguous():
