@@ -73,7 +73,8 @@ def sample(graphdef: nnx.GraphDef, params: dict, key: Array, *, num_samples: int
             # Call i reads tokens 0..i, so calls [size - bucket, size) fit `size` tokens.
             first, last = max(size - bucket, start), min(size, stop)
             if first < last:
-                x = _run_bucket(graphdef, params, x, keep, key, first, last, bucket=min(size, length),
-                                top_p=float(top_p), temperature=float(temperature),
+                x = _run_bucket(graphdef, params, x, keep, key, first, last,
+                                bucket=min(size, length), top_p=float(top_p),
+                                temperature=float(temperature),
                                 float64=float64)
     return x
