@@ -3,6 +3,8 @@
   python -m benchmarks.sampling_speed --preset=cpu     # 2-core CPU, ~22 min (--batches 1: ~6)
   python -m benchmarks.sampling_speed --preset=paper   # accelerator: the paper's models
   python -m benchmarks.sampling_speed --preset=cpu --bucket_study  # encoder buckets vs padding
+  python -m benchmarks.sampling_speed --preset=cpu --prompt_len=512 --batches 1 --runs 1
+      # conditional: a 512-token prompt, only the L-1-512 positions after it decoded
 
 Presets (random weights, as the reference's `latency_sample` mode; speed does not depend on them):
   paper  OWT L=1024: PGM 8/8 vs MDLM 12 blocks (H 768, 12 heads, V 50258); LM1B L=128: PGM 6/6
@@ -11,6 +13,9 @@ Presets (random weights, as the reference's `latency_sample` mode; speed does no
   cpu    L=1024, H 256, 4 heads, V 50258: PGM 8/8 vs MDLM 12 blocks, batches 1 and 4, float32
          matmuls. MDLM's cost per network call is flat, so it is timed over `--mdlm_steps`
          (default 4) steps and scaled to 128 (stated in the table).
+With `--prompt_len P` every sequence starts from [BOS] + P random prompt tokens: PGM's calls
+and encoder length count only the L-1-P positions left (ceil((L-1-P)/k) calls), while MDLM still
+runs its S full-length steps, so the ratio should grow roughly like (L-1)/(L-1-P) for PGM's part.
 Each row is timed at two sampling precisions: float64 (the reference's Gumbel arithmetic, the
 paper's setting) and float32 (both samplers at their best). Latency is the median of `--runs`
 timed calls; compilation is excluded (PGM compiles each bucket's loop over an empty range of
@@ -29,12 +34,13 @@ import statistics
 import time
 
 import jax
+import numpy as np
 from flax import nnx
 
 from configs import lm1b, owt
 from pgm_jax.config import model_config
 from pgm_jax.models import ModelConfig, build_model
-from pgm_jax.sampling import generate, pgm
+from pgm_jax.sampling import generate, pgm, prompts
 
 STEPS = 128
 
@@ -70,7 +76,7 @@ def shapes(preset: str) -> list[Shape]:
 
 
 def time_sampler(cfg: ModelConfig, batch: int, steps: int, float64: bool, runs: int, bos: int,
-                 bucket: int = 0) -> tuple[float, float]:
+                 bucket: int = 0, prompt_len: int = 0) -> tuple[float, float]:
     """Median (wall, CPU) seconds per call of `generate` over `runs` calls, after compiling.
 
     CPU seconds (all threads of this process) barely change when other processes share the
@@ -79,6 +85,9 @@ def time_sampler(cfg: ModelConfig, batch: int, steps: int, float64: bool, runs: 
     graphdef, params = nnx.split(build_model(cfg))
     params = nnx.to_pure_dict(params)
     kw = dict(num_samples=batch, steps=steps, bos_id=bos, float64=float64, bucket=bucket)
+    if prompt_len:
+        ids = np.random.default_rng(0).integers(0, cfg.vocab_size - 1, (batch, prompt_len))
+        kw["cond"] = prompts.prefixes(ids.tolist(), cfg.length, bos)
     if cfg.kind == "pgm":  # compile every bucket's loop without running a single call
         jax.block_until_ready(pgm.sample(graphdef, params, jax.random.key(0), length=cfg.length,
                                          compile_only=True, **kw))
@@ -99,22 +108,26 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def speed_rows(preset: str, batches: list[int], runs: int, mdlm_steps: int) -> list[dict]:
+def speed_rows(preset: str, batches: list[int], runs: int, mdlm_steps: int,
+               prompt_len: int = 0, precisions: tuple[str, ...] = ("float64", "float32")
+               ) -> list[dict]:
     rows = []
     for shape in shapes(preset):
         length = shape.pgm.length
         for batch in batches:
-            for precision in ("float64", "float32"):
+            for precision in precisions:
                 f64 = precision == "float64"
-                pgm_s, pgm_cpu = time_sampler(shape.pgm, batch, STEPS, f64, runs, shape.bos_id)
+                pgm_s, pgm_cpu = time_sampler(shape.pgm, batch, STEPS, f64, runs, shape.bos_id,
+                                              prompt_len=prompt_len)
                 m = min(mdlm_steps, STEPS)
                 mdlm_s, mdlm_cpu = (v * STEPS / m for v in time_sampler(
-                    shape.mdlm, batch, m, f64, runs, shape.bos_id))
+                    shape.mdlm, batch, m, f64, runs, shape.bos_id, prompt_len=prompt_len))
                 row = {"shape": shape.name, "length": length, "steps": STEPS, "batch": batch,
                        "precision": precision, "pgm_s": pgm_s, "mdlm_s": mdlm_s,
                        "pgm_tok_s": batch * length / pgm_s, "mdlm_tok_s": batch * length / mdlm_s,
                        "ratio": mdlm_s / pgm_s, "pgm_cpu_s": pgm_cpu, "mdlm_cpu_s": mdlm_cpu,
-                       "cpu_ratio": mdlm_cpu / pgm_cpu, "mdlm_timed_steps": m}
+                       "cpu_ratio": mdlm_cpu / pgm_cpu, "mdlm_timed_steps": m,
+                       "prompt_len": prompt_len}
                 rows.append(row)
                 print(_format(row), flush=True)
     return rows
@@ -158,6 +171,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed calls per sampler (median)")
     parser.add_argument("--mdlm_steps", type=int, default=None,
                         help="MDLM steps actually timed (default: cpu 4, paper 128)")
+    parser.add_argument("--prompt_len", type=int, default=0,
+                        help="prompt tokens after BOS (conditional sampling; default 0)")
+    parser.add_argument("--precisions", nargs="+", default=["float64", "float32"],
+                        choices=("float64", "float32"), help="sampling precisions timed")
     parser.add_argument("--bucket_study", action="store_true",
                         help="also time PGM with L/16, L/8 buckets and full padding")
     args = parser.parse_args()
@@ -165,7 +182,8 @@ def main() -> None:
     mdlm_steps = args.mdlm_steps or (4 if args.preset == "cpu" else STEPS)
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})"
     print(f"device: {device}\n{HEADER}", flush=True)
-    result = {"rows": speed_rows(args.preset, batches, args.runs, mdlm_steps)}
+    result = {"rows": speed_rows(args.preset, batches, args.runs, mdlm_steps, args.prompt_len,
+                                 tuple(args.precisions))}
     if args.bucket_study:
         print(f"PGM encoder shape buckets (float32, batch {batches[0]}):", flush=True)
         result["buckets"] = bucket_rows(args.preset, batches[0], args.runs)

@@ -1,6 +1,8 @@
 """Sample from a trained (or converted) run with its EMA weights.
 
   python -m pgm_jax.sample --workdir=runs/demo [--num_samples=8 --steps=32 --top_p=0.9]
+  python -m pgm_jax.sample --workdir=runs/demo --prompt="def main(" [--max_new_tokens=64]
+  python -m pgm_jax.sample --workdir=runs/demo --prompts_file=prompts.jsonl --max_new_tokens=16
   python -m pgm_jax.sample --workdir=runs/digits [--num_samples=8 --classes=0,3 --cfg_w=2
       --order=confidence --vq=VQ_DIR]
 
@@ -9,6 +11,12 @@ runs the ancestral sampler, AR runs decode left to right. The EMA weights are re
 data-parallel mesh over every device and each batch is sharded over it (when the devices
 divide `--batch_size`); a progress bar counts samples. Writes `samples.jsonl` (checkpoint step,
 token ids, text) and `samples.txt` under the workdir (or the `--output` prefix).
+
+Prompts (`--prompt`, or `--prompts_file` with one prompt per line, a JSON string or plain
+text, or `{"prefix": ..., "suffix": ...}` for infilling `--max_new_tokens` tokens between them)
+are kept exactly and only the positions after (or between) them are decoded; `--num_samples`
+is then the number of samples per prompt (default 1). `samples.jsonl` keeps the prompt and the
+completion apart (text and token ids).
 
 Image runs (algo image_pgm / maskgit) draw `--num_samples` images of each class of `--classes`
 (default: every class, or 10 spread over them) with the run's sampler settings (`--order`,
@@ -51,8 +59,14 @@ _CLASSES = flags.DEFINE_list("classes", None, "Images: class ids, one grid row e
                              "every class, or 10 spread over them).")
 _VQ = flags.DEFINE_string("vq", None, "Images with VQ codes: the VQ model that decodes them to "
                           "pixels (a `pgm_jax.convert vq` folder or vq_ds8_c2i.pt).")
+_PROMPT = flags.DEFINE_string("prompt", None, "Text prompt to continue (text runs).")
+_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "JSON lines of prompts: a string per "
+                                    'line, or {"prefix": ..., "suffix": ...} to infill.')
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Tokens to decode after a prompt (or "
+                                "between prefix and suffix); default: up to model.length.")
+PROMPT_FLAGS = ("prompt", "prompts_file", "max_new_tokens")
 IMAGE_FLAGS = ("cfg_w", "order", "release_quirk", "classes", "vq")
-TEXT_FLAGS = ("top_p", "float64", "mode")
+TEXT_FLAGS = ("top_p", "float64", "mode", *PROMPT_FLAGS)
 
 
 def main(argv: list[str]) -> None:
@@ -80,6 +94,9 @@ def main(argv: list[str]) -> None:
                           batch_size=_BATCH.value, steps=_STEPS.value, top_p=_TOP_P.value,
                           temperature=_TEMP.value, float64=_F64.value, mode=_MODE.value)
     tokenizer = from_run.run_tokenizer(config, workdir)
+    if _PROMPT.value is not None or _PROMPTS_FILE.value is not None or _MAX_NEW.present:
+        sample_prompted(workdir, config, s, tokenizer)
+        return
     t0 = time.perf_counter()
     tokens, step = from_run.sample_run(workdir, config, s, _STEP.value, _SEED.value, tokenizer)
     seconds = time.perf_counter() - t0
@@ -97,6 +114,46 @@ def main(argv: list[str]) -> None:
         print(f"=== sample {j} ===\n{row if text is None else text}\n")
     print(f"wrote {prefix}.jsonl and {prefix}.txt ({len(tokens)} samples in {seconds:.1f}s, "
           f"compilation included)")
+
+
+def sample_prompted(workdir: str, config, s, tokenizer) -> None:
+    """The prompt branch: samples.jsonl rows with the prompt and the completion apart."""
+    import jax  # noqa: PLC0415
+
+    from pgm_jax import sharding  # noqa: PLC0415
+    from pgm_jax.config import model_config  # noqa: PLC0415
+    from pgm_jax.restore import restore_params  # noqa: PLC0415
+    from pgm_jax.sampling import from_run, prompted  # noqa: PLC0415
+
+    cli.require((_PROMPT.value is None) != (_PROMPTS_FILE.value is None),
+                "give one of --prompt and --prompts_file")
+    cli.require(_MAX_NEW.value is None or _MAX_NEW.value >= 0,
+                f"--max_new_tokens={_MAX_NEW.value}: must be >= 0")
+    cli.require(tokenizer is not None, f"{workdir} has no tokenizer, so text prompts cannot be "
+                "encoded: put the run's tokenizer file in the workdir (see data.tokenizer_path)")
+    prompts = ([prompted.Prompt(_PROMPT.value)] if _PROMPT.value is not None
+               else prompted.read_prompts_file(_PROMPTS_FILE.value))
+    mcfg = model_config(config)
+    per_prompt = _NUM.value or 1
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    graphdef, params, step = restore_params(workdir, mcfg, mesh, _STEP.value, item="ema")
+    t0 = time.perf_counter()
+    cond, tokens = prompted.sample_prompts(
+        graphdef, params, mcfg, mesh, prompts, tokenizer,
+        bos_id=from_run.bos_id(config, tokenizer, workdir), per_prompt=per_prompt,
+        max_new_tokens=_MAX_NEW.value, seed=_SEED.value,
+        **(s.generate_kwargs() | {"batch_size": min(s.batch_size, len(prompts) * per_prompt)}))
+    seconds = time.perf_counter() - t0
+    rows = prompted.records(prompts, cond, tokens, tokenizer, per_prompt, step)
+    prefix = _OUTPUT.value or os.path.join(workdir, "samples")
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+        with open(prefix + ".jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    for j, r in enumerate(rows):
+        print(f"=== sample {j} ===\nPROMPT: {json.dumps(r['prompt'])}\n"
+              f"COMPLETION: {r['completion']}\n")
+    print(f"wrote {prefix}.jsonl ({len(rows)} samples in {seconds:.1f}s, compilation included)")
 
 
 def image_settings(config, model_cfg) -> dict:

@@ -24,6 +24,7 @@ from flax import nnx
 
 from pgm_jax.objectives import schedule
 from pgm_jax.sampling.categorical import sample_logits, x64_scope
+from pgm_jax.sampling.prompts import Conditioning
 
 Array = jax.Array
 T_MIN = 1e-5
@@ -74,13 +75,17 @@ def _sample(graphdef, params, x, key, *, steps, top_p, temperature, float64, cac
 
 def sample(graphdef: nnx.GraphDef, params: dict, key: Array, *, num_samples: int, length: int,
            steps: int, bos_id: int, mask_id: int, top_p: float = 1.0, temperature: float = 1.0,
-           float64: bool = False, cache: bool = True, batch_sharding=None) -> Array:
+           float64: bool = False, cache: bool = True, batch_sharding=None,
+           cond: Conditioning | None = None) -> Array:
     """Draws `num_samples` sequences int32 [num_samples, length] with BOS at position 0.
 
     `cache=False` runs the backbone at every step (the reference's plain `ddpm`); the samples
-    are the same.
+    are the same. `cond` (optional): its given tokens start unmasked, so they are never
+    resampled (only MASK positions are revealed); the other positions are all decoded.
     """
     x = jnp.full((num_samples, length), mask_id, jnp.int32).at[:, 0].set(bos_id)
+    if cond is not None:
+        x = jnp.where(cond.given, jnp.asarray(cond.tokens, jnp.int32), x)
     if batch_sharding is not None:
         x = jax.device_put(x, batch_sharding)
     with x64_scope(float64):

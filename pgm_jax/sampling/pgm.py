@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from pgm_jax.sampling.categorical import sample_logits, x64_scope
+from pgm_jax.sampling.prompts import Conditioning
 
 Array = jax.Array
 MODES = ("efficient-uniform", "efficient-non-uniform")
@@ -56,21 +57,30 @@ def default_bucket(length: int) -> int:
     return max(64, int(math.ceil(length / 16 / 8) * 8))
 
 
-def uniform_counts(num_samples: int, length: int, steps: int) -> np.ndarray:
-    """int32 [N, calls]: k tokens per call, k-1 at the last (L-1 positions to fill)."""
+def uniform_counts(num_samples: int, length: int, steps: int,
+                   remaining: np.ndarray | None = None) -> np.ndarray:
+    """int32 [N, calls]: k = L/S tokens per call until each sequence's `remaining` positions
+    (int [N]; default L-1, so the last of S calls gets k-1) are decoded: a prompt shortens
+    the schedule to ceil(remaining / k) calls."""
     k = tokens_per_step(length, steps)
-    counts = np.full((num_samples, steps), k, np.int32)
-    counts[:, -1] -= 1
+    remaining = np.full(num_samples, length - 1) if remaining is None else remaining
+    calls = max(1, -(-int(np.max(remaining)) // k))
+    done = k * np.arange(calls)[None, :]
+    counts = np.clip(np.asarray(remaining)[:, None] - done, 0, k).astype(np.int32)
     return _drop_empty_calls(counts)
 
 
-def binomial_counts(key: Array, num_samples: int, length: int, steps: int) -> np.ndarray:
-    """int32 [N, calls]: the reference's non-uniform schedule (see the module docstring)."""
+def binomial_counts(key: Array, num_samples: int, length: int, steps: int,
+                    remaining: np.ndarray | None = None) -> np.ndarray:
+    """int32 [N, calls]: the reference's non-uniform schedule (see the module docstring),
+    clipped to each sequence's `remaining` positions (int [N]; default L-1)."""
     dt = (1.0 - T_MIN) / steps
+    remaining = np.full((num_samples, 1), length - 1) if remaining is None else \
+        np.asarray(remaining)[:, None]
     draws = jax.random.binomial(key, length, dt, (num_samples, steps), jnp.float32)
-    decoded = np.minimum(np.cumsum(np.asarray(draws, np.int64), axis=1), length - 1)
+    decoded = np.minimum(np.cumsum(np.asarray(draws, np.int64), axis=1), remaining)
     counts = np.diff(decoded, axis=1, prepend=0)
-    leftover = (length - 1) - decoded[:, -1:]
+    leftover = remaining - decoded[:, -1:]
     if leftover.any():
         counts = np.concatenate([counts, leftover], axis=1)
     return _drop_empty_calls(counts.astype(np.int32))
@@ -90,15 +100,18 @@ class Segment:
     width: int
 
 
-def plan_segments(counts: np.ndarray, length: int, bucket: int, exact_width: bool
-                  ) -> list[Segment]:
+def plan_segments(counts: np.ndarray, length: int, bucket: int, exact_width: bool,
+                  given: np.ndarray | None = None) -> list[Segment]:
     """Groups consecutive calls by encoder bucket; one query width per group.
 
     `exact_width`: the decoder gets exactly the largest count of the group (the uniform
     schedule decodes k every call). Otherwise the width is rounded up to a power of two, so
-    that different draws of a ragged schedule reuse the compiled shapes.
+    that different draws of a ragged schedule reuse the compiled shapes. `given` (int [N],
+    default 1: BOS) is each sequence's clean length before the first call.
     """
     decoded_before = np.cumsum(counts, axis=1) - counts  # [N, calls]
+    if given is not None:
+        decoded_before = decoded_before + (np.asarray(given) - 1)[:, None]
     need = 1 + decoded_before.max(axis=0)
     buckets = np.minimum(-(-need // bucket) * bucket, length)
     segments: list[Segment] = []
@@ -150,8 +163,13 @@ def _run_segment(graphdef, params, packed, positions, decoded_before, counts, ke
 def sample(graphdef: nnx.GraphDef, params: dict, key: Array, *, num_samples: int, length: int,
            steps: int, bos_id: int, top_p: float = 1.0, temperature: float = 1.0,
            float64: bool = False, mode: str = "efficient-uniform", bucket: int = 0,
-           batch_sharding=None, compile_only: bool = False) -> Array:
+           batch_sharding=None, compile_only: bool = False, cond: Conditioning | None = None
+           ) -> Array:
     """Draws `num_samples` sequences int32 [num_samples, length] with BOS at position 0.
+
+    `cond` (optional, `num_samples` rows): given tokens start in the clean set at their
+    positions and stay as they are; only its `decode` positions are visited (in a uniformly
+    random order), so the number of calls and the encoder's length count only those.
 
     `bucket` (0 = `default_bucket(length)`; `length` = pad to L, the naive baseline) sets the
     encoder's shape granularity; it changes the cost, never the samples. `compile_only` runs
@@ -161,20 +179,31 @@ def sample(graphdef: nnx.GraphDef, params: dict, key: Array, *, num_samples: int
     if mode not in MODES:
         raise ValueError(f"sample.mode={mode!r}: must be one of {MODES}")
     k_order, k_sched, k_steps = jax.random.split(key, 3)
+    remaining = None if cond is None else cond.num_decode
     if mode == "efficient-uniform":
-        counts = uniform_counts(num_samples, length, steps)
+        counts = uniform_counts(num_samples, length, steps, remaining)
     else:
-        counts = binomial_counts(k_sched, num_samples, length, steps)
+        counts = binomial_counts(k_sched, num_samples, length, steps, remaining)
     segments = plan_segments(counts, length, min(bucket or default_bucket(length), length),
-                             exact_width=mode == "efficient-uniform")
+                             exact_width=mode == "efficient-uniform",
+                             given=None if cond is None else cond.num_given)
+    if not segments:  # a prompt that leaves nothing to decode
+        return jnp.asarray(cond.tokens, jnp.int32)
     pad = max(s.width for s in segments)
-    # Per-sequence uniformly random order of positions 1..L-1 (argsort of uniforms).
-    u = jax.random.uniform(k_order, (num_samples, length - 1), jnp.float32)
-    order = (jnp.argsort(u, axis=1) + 1).astype(jnp.int32)
-    zeros = jnp.zeros((num_samples, 1), jnp.int32)
-    positions = jnp.concatenate([zeros, order, jnp.zeros((num_samples, pad), jnp.int32)], 1)
-    packed = jnp.full(positions.shape, bos_id, jnp.int32)
     decoded_before = np.cumsum(counts, axis=1) - counts
+    if cond is None:
+        # Per-sequence uniformly random order of positions 1..L-1 (argsort of uniforms).
+        u = jax.random.uniform(k_order, (num_samples, length - 1), jnp.float32)
+        order = (jnp.argsort(u, axis=1) + 1).astype(jnp.int32)
+        order = jnp.concatenate([jnp.zeros((num_samples, 1), jnp.int32), order], 1)
+        packed = jnp.full((num_samples, length + pad), bos_id, jnp.int32)
+    else:
+        order, packed = _conditioned_order(k_order, cond, pad)
+        # The given tokens are the first `num_given` packed entries: shifting every call's
+        # decoded count by num_given - 1 makes `_run_segment` (written for BOS alone) query
+        # after them and give the encoder exactly the clean prefix.
+        decoded_before = decoded_before + (cond.num_given - 1)[:, None]
+    positions = jnp.concatenate([order, jnp.zeros((num_samples, pad), jnp.int32)], 1)
     arrays = (packed, positions, jnp.asarray(decoded_before, jnp.int32),
               jnp.asarray(counts, jnp.int32))
     if batch_sharding is not None:
@@ -188,6 +217,19 @@ def sample(graphdef: nnx.GraphDef, params: dict, key: Array, *, num_samples: int
                                   top_p=float(top_p), temperature=float(temperature),
                                   float64=float64)
     return to_natural_order(packed[:, :length], positions[:, :length])
+
+
+def _conditioned_order(key: Array, cond: Conditioning, pad: int) -> tuple[Array, Array]:
+    """(positions int32 [N, L], packed tokens int32 [N, L + pad]): the given positions in
+    increasing order (BOS first), then the decode positions in a uniformly random order, then
+    the unused ones (never reached)."""
+    n, length = cond.given.shape
+    pos = jnp.arange(length, dtype=jnp.float32)[None] / length
+    u = jax.random.uniform(key, (n, length), jnp.float32)
+    rank = jnp.where(cond.given, pos - 2.0, jnp.where(cond.decode, u, pos + 2.0))
+    order = jnp.argsort(rank, axis=1).astype(jnp.int32)
+    packed = jnp.take_along_axis(jnp.asarray(cond.tokens, jnp.int32), order, axis=1)
+    return order, jnp.pad(packed, ((0, 0), (0, pad)))
 
 
 @jax.jit
