@@ -58,7 +58,7 @@ def main(argv: list[str]) -> None:
     # No network: datasets must come from the local cache or local files.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pgm_jax.eval import harness_run  # noqa: PLC0415
+    from pgm_jax.eval import harness_run
 
     t0 = time.perf_counter()
     results = harness_run.evaluate(

@@ -118,12 +118,12 @@ def main(argv: list[str]) -> None:
 
 def sample_prompted(workdir: str, config, s, tokenizer) -> None:
     """The prompt branch: samples.jsonl rows with the prompt and the completion apart."""
-    import jax  # noqa: PLC0415
+    import jax
 
-    from pgm_jax import sharding  # noqa: PLC0415
-    from pgm_jax.config import model_config  # noqa: PLC0415
-    from pgm_jax.restore import restore_params  # noqa: PLC0415
-    from pgm_jax.sampling import from_run, prompted  # noqa: PLC0415
+    from pgm_jax import sharding
+    from pgm_jax.config import model_config
+    from pgm_jax.restore import restore_params
+    from pgm_jax.sampling import from_run, prompted
 
     cli.require((_PROMPT.value is None) != (_PROMPTS_FILE.value is None),
                 "give one of --prompt and --prompts_file")

@@ -13,8 +13,9 @@ from pgm_jax.eval import harness_run, local_tasks
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-lm_eval = pytest.importorskip("lm_eval")
-from pgm_jax.eval.harness_model import PGMJaxLM  # noqa: E402
+import lm_eval
+
+from pgm_jax.eval.harness_model import PGMJaxLM
 
 L, BOS, EOS = 32, 1, 2
 
@@ -48,7 +49,8 @@ def tasks(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("kind", ["pgm", "ar"])
+# PGM only: the AR scorer is exact and checked in test_likelihood.py (this test compiles ~2 min).
+@pytest.mark.parametrize("kind", ["pgm"])
 def test_local_tasks_end_to_end(tasks, kind):
     cfg = tiny_config(encoder_blocks=1, decoder_blocks=1) if kind == "pgm" else \
         tiny_config(kind="ar", n_blocks=1)

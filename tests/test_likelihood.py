@@ -6,8 +6,8 @@ import pytest
 from flax import nnx
 from helpers import randomized_model, tiny_config
 
-from pgm_jax import objectives
 from pgm_jax.eval.likelihood import Scorer
+from pgm_jax.objectives import schedule
 
 L, MASK, BOS, EOS = 32, 63, 1, 2
 
@@ -38,7 +38,7 @@ def test_ar_is_exact(models):
     logp = np.asarray(model(seq[:, :-1], targets=seq[:, 1:]))[0]
     ll, greedy = scorer(models, "ar").loglikelihood(CTX, CONT)
     np.testing.assert_allclose(ll, logp[-3:].sum(), rtol=1e-5)
-    best = np.asarray(jnp.argmax(objectives.pgm_logprobs(model(seq[:, :-1]), MASK), -1))[0]
+    best = np.asarray(jnp.argmax(schedule.pgm_logprobs(model(seq[:, :-1]), MASK), -1))[0]
     assert greedy == bool((best[-3:] == CONT).all())
     ll_greedy, is_greedy = scorer(models, "ar").loglikelihood(CTX, [int(best[len(CTX)])])
     assert is_greedy
@@ -57,7 +57,7 @@ def next_logprobs(models, kind, ctx) -> np.ndarray:
         logits = model(seq, noised)
     else:
         logits = model(jnp.where(noised == 1, MASK, seq))
-    return np.asarray(objectives.pgm_logprobs(logits, MASK))[0, -1]
+    return np.asarray(schedule.pgm_logprobs(logits, MASK))[0, -1]
 
 
 def exact_one_token(models, kind, ctx, token):
@@ -70,7 +70,7 @@ def test_one_token_conditional_estimate_matches_the_exact_value(models, kind):
     weight 1/t); 4096 antithetic samples put the estimate within a few percent."""
     exact = exact_one_token(models, kind, CTX, 40)
     ll, _ = scorer(models, kind, num_mc_samples=4096, mc_batch=4096).loglikelihood(CTX, [40])
-    np.testing.assert_allclose(ll, (1 - objectives.EPS) * exact, rtol=0.15)
+    np.testing.assert_allclose(ll, (1 - schedule.EPS) * exact, rtol=0.15)
     # The context matters: another context gives another value.
     other = exact_one_token(models, kind, [50, 51, 52, 53, 54], 40)
     assert abs(other - exact) > 0.05

@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 from helpers import randomized_model, tiny_config
 
-from pgm_jax import objectives, sharding
+from pgm_jax import sharding
+from pgm_jax.objectives import schedule
 from pgm_jax.sampling import generate, generate_many, pgm, prompts
 
 L, V, MASK, BOS = 32, 64, 63, 1
@@ -116,7 +117,7 @@ def test_pgm_prompt_is_the_encoder_context(models):
     keep = np.stack([np.flatnonzero(g) for g in given])
     logits = model.infer(jnp.asarray(tokens[np.arange(3)[:, None], keep]), jnp.asarray(keep),
                          jnp.asarray(holes[:, None]), jnp.full((3,), L - 1))
-    want = np.asarray(jnp.argmax(objectives.pgm_logprobs(logits, MASK)[:, 0], -1))
+    want = np.asarray(jnp.argmax(schedule.pgm_logprobs(logits, MASK)[:, 0], -1))
     np.testing.assert_array_equal(x[np.arange(3), holes], want)
 
 
@@ -125,7 +126,7 @@ def test_ar_prompt_matches_a_plain_greedy_loop(models):
     c = prompts.prefixes([[7, 8, 9], [10]], L, BOS, max_new_tokens=4, fill=BOS)
     x = np.asarray(generate(graphdef, params, cfg, jax.random.key(0), num_samples=2, steps=8,
                             bos_id=BOS, temperature=0.0, bucket=16, cond=c))
-    forward = jax.jit(lambda t: objectives.pgm_logprobs(model(t), MASK))
+    forward = jax.jit(lambda t: schedule.pgm_logprobs(model(t), MASK))
     ref = c.tokens.copy()
     for b, p in enumerate([4, 2]):
         for i in range(p - 1, p + 3):

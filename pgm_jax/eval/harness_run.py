@@ -14,7 +14,7 @@ from pgm_jax.sampling import from_run
 def task_dict(tasks: list[str], include_path: str | None):
     """lm-eval's tasks (data loaded); UsageError with one line when a task is unknown or its
     data is not available offline."""
-    from lm_eval.tasks import TaskManager, get_task_dict  # noqa: PLC0415
+    from lm_eval.tasks import TaskManager, get_task_dict
 
     manager = TaskManager(include_path=include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
@@ -22,7 +22,7 @@ def task_dict(tasks: list[str], include_path: str | None):
             "put a task YAML in --include_path")
     try:
         return manager, get_task_dict(tasks, manager)
-    except Exception as e:  # noqa: BLE001  (datasets raises many types when offline)
+    except Exception as e:
         raise UsageError(
             f"--tasks={','.join(tasks)}: the task data could not be loaded offline "
             f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); on a "
@@ -36,9 +36,9 @@ def evaluate(workdir: str, tasks: list[str], *, limit: int | None, include_path:
              num_mc_samples: int, mc_batch: int, joint: bool, weights: str, step: int | None,
              steps: int | None, batch_size: int, seed: int) -> dict:
     """lm-eval's results dict (per-task metrics with stderr, configs, versions)."""
-    import lm_eval  # noqa: PLC0415
+    import lm_eval
 
-    from pgm_jax.eval.harness_model import PGMJaxLM  # noqa: PLC0415
+    from pgm_jax.eval.harness_model import PGMJaxLM
 
     config = load_run_config(workdir)
     mcfg = model_config(config)
@@ -66,6 +66,6 @@ def evaluate(workdir: str, tasks: list[str], *, limit: int | None, include_path:
 
 
 def table(results: dict) -> str:
-    from lm_eval.utils import make_table  # noqa: PLC0415
+    from lm_eval.utils import make_table
 
     return make_table(results)

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pgm_jax import objectives
 from pgm_jax.models import ModelConfig
+from pgm_jax.objectives import schedule
 
 Array = jax.Array
 PAD_TO = 32  # sequence length granularity: at most L / 32 compiled shapes per batch size
@@ -49,17 +49,17 @@ def _mc_nll(graphdef, params, tokens, valid, noised, t, key, *, kind):
     model = nnx.merge(graphdef, params)
     b, n = t.shape[0], tokens.shape[0]
     x = jnp.broadcast_to(tokens, (b, n))
-    hit = (jax.random.uniform(key, (b, n)) < (1.0 - objectives.alpha(t))[:, None]) & noised
+    hit = (jax.random.uniform(key, (b, n)) < (1.0 - schedule.alpha(t))[:, None]) & noised
     if kind == "pgm":
         seg = jnp.broadcast_to(jnp.where(valid, 0, 1), (b, n))
         logp = model(x, hit.astype(jnp.int32), segment_ids=seg, targets=x)
-        nll = objectives.pgm_token_nll(logp, hit, t, train=False)
+        nll = schedule.pgm_token_nll(logp, hit, t, train=False)
     else:
         mask = model.cfg.mask_index
         xt = jnp.where(hit, mask, x)
         attend = jnp.broadcast_to(valid[:, None] == valid[None, :], (b, n, n))
-        logp = model(xt, sigma=objectives.sigma_of(t), attention_mask=attend, targets=x)
-        nll = objectives.mdlm_token_nll(logp, xt, t, mask)
+        logp = model(xt, sigma=schedule.sigma_of(t), attention_mask=attend, targets=x)
+        nll = schedule.mdlm_token_nll(logp, xt, t, mask)
     return jnp.sum(jnp.where(valid, nll, 0.0), axis=1)
 
 
@@ -78,7 +78,7 @@ def _greedy(graphdef, params, tokens, valid, noised, *, kind):
         attend = (valid[:, None] == valid[None, :])[None]
         logits = model(jnp.where(noised, mask, tokens)[None], sigma=jnp.zeros((1,)),
                        attention_mask=attend)
-    best = jnp.argmax(objectives.pgm_logprobs(logits, model.cfg.mask_index), -1)[0]
+    best = jnp.argmax(schedule.pgm_logprobs(logits, model.cfg.mask_index), -1)[0]
     return jnp.all(jnp.where(noised, best == tokens, True))
 
 
@@ -149,7 +149,7 @@ class Scorer:
                 return float(logp[valid][1:].mean()), greedy
             return float(logp[cont].sum()), greedy
         noised = valid if joint else cont
-        t = objectives.antithetic_t(jax.random.fold_in(key, 0), self.samples)
+        t = schedule.antithetic_t(jax.random.fold_in(key, 0), self.samples)
         sums = []
         for i, start in enumerate(range(0, self.samples, self.mc_batch)):
             tb = t[start:start + self.mc_batch]

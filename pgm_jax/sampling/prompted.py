@@ -97,7 +97,7 @@ def sample_prompts(graphdef, params, model_cfg, mesh, prompts: list[Prompt], tok
                    bos_id: int, per_prompt: int, max_new_tokens: int | None, seed: int,
                    batch_size: int, **kwargs) -> tuple[Conditioning, np.ndarray]:
     """(conditioning, int32 [len(prompts) * per_prompt, L] samples) with `generate_many`."""
-    from pgm_jax.sampling import generate_many  # noqa: PLC0415  (the package imports us)
+    from pgm_jax.sampling import generate_many
 
     if model_cfg.kind == "ar":
         require(all(p.suffix is None for p in prompts), "the AR model continues prefixes only: "
