@@ -1,5 +1,7 @@
 # pgm_jax: two commands on a fresh machine.
 #   make demo   create .venv, train a small PGM on the bundled Python docs (CPU), sample
+#   make demo-distill  distil the demo run with SDTT (CPU), then gen. perplexity (AR judge) and
+#                      entropy of teacher and student at 8 / 16 / 32 sampling steps
 #   make demo-images   train a class-conditional image PGM on scikit-learn's 8x8 digits (CPU),
 #                      sample a PNG grid (one row per digit)
 #   make test   create .venv with the dev extras, run the test suite (8 fake CPU devices)
@@ -8,8 +10,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 DIGITS_DIR ?= runs/digits
+DISTILL_DIR ?= $(DEMO_DIR)-distill
+AR_DIR ?= $(DEMO_DIR)-ar
 
-.PHONY: demo demo-mdlm demo-images test lint clean-demo
+.PHONY: demo demo-mdlm demo-distill demo-images test lint clean-demo
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +33,13 @@ demo-mdlm: $(VENV)/.runtime
 	$(PY) -m pgm_jax.main --config=configs/demo.py --config.algo=mdlm --workdir=$(DEMO_DIR)-mdlm
 	$(PY) -m pgm_jax.sample --workdir=$(DEMO_DIR)-mdlm --num_samples=3 --batch_size=3
 
+# Trains the demo run and the AR judge first when they are missing (~10 minutes each).
+demo-distill: $(VENV)/.runtime
+	test -d $(DEMO_DIR)/checkpoints || $(PY) -m pgm_jax.main --config=configs/demo.py --workdir=$(DEMO_DIR)
+	test -d $(AR_DIR)/checkpoints || $(PY) -m pgm_jax.main --config=configs/demo.py --config.algo=ar --workdir=$(AR_DIR)
+	$(PY) -m pgm_jax.main --config=configs/distill.py:demo --config.distill.teacher=$(DEMO_DIR) --workdir=$(DISTILL_DIR)
+	$(PY) -m pgm_jax.compare_steps --runs=teacher=$(DEMO_DIR),student=$(DISTILL_DIR) --judge=$(AR_DIR) --steps=8,16,32 --output=$(DISTILL_DIR)/steps_table.jsonl
+
 demo-images: $(VENV)/.runtime
 	$(PY) -m pgm_jax.main --config=configs/digits.py --workdir=$(DIGITS_DIR)
 	$(PY) -m pgm_jax.sample --workdir=$(DIGITS_DIR) --num_samples=10 --batch_size=50
@@ -43,4 +54,4 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/lint-imports
 
 clean-demo:
-	rm -rf $(DEMO_DIR) $(DEMO_DIR)-mdlm $(DIGITS_DIR)
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)-mdlm $(DISTILL_DIR) $(AR_DIR) $(DIGITS_DIR)

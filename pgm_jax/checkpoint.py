@@ -49,7 +49,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-ITEMS = ("params", "ema", "opt", "data")
+ITEMS = ("params", "ema", "opt", "data", "teacher")  # teacher: SDTT distillation runs
 MANIFEST = "files.json"
 
 
@@ -203,7 +203,7 @@ class Checkpointer:
             self.problem(step) is None)
 
     def save(self, step: int, *, params, ema, opt: dict | None = None,
-             data: dict | None = None) -> None:
+             data: dict | None = None, teacher: dict | None = None) -> None:
         """Starts an asynchronous save of `step` (returns once the arrays are copied).
 
         The previous save is finished first, then verified and pruned (see `prune`).
@@ -214,6 +214,8 @@ class Checkpointer:
             items["opt"] = ocp.args.StandardSave(opt)
         if data is not None:
             items["data"] = DataStateSave(data)
+        if teacher is not None:
+            items["teacher"] = ocp.args.StandardSave(teacher)
         self._mgr.save(step, args=ocp.args.Composite(**items), force=True)
         self._unverified.append(step)
 

@@ -6,6 +6,7 @@ Starting on a workdir that holds a checkpoint resumes it exactly (params, optimi
 step, RNG and data position). SIGTERM saves a checkpoint and exits with status 0; bad flags,
 config values, data or checkpoints exit with status 2 and one line on stderr, leaving the
 workdir as it was; a NaN / Inf with config.train.nonfinite='stop' exits with status 1.
+With --config.distill.teacher=RUN (configs/distill.py) the run distils RUN with SDTT instead.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ def main(argv: list[str]) -> None:
         return
     distributed.initialize(distributed.Cluster(_COORDINATOR.value, _NUM_PROCESSES.value,
                                                _PROCESS_ID.value, _DIST_TIMEOUT.value))
-    from pgm_jax.train.loop import train
+    if config.distill.teacher:  # SDTT: distil a trained run (pgm_jax/train/distill.py)
+        from pgm_jax.train.distill import train
+    else:
+        from pgm_jax.train.loop import train
 
     result = train(config, _WORKDIR.value)
     if result.get("preempted"):

@@ -152,4 +152,18 @@ def default_config() -> ConfigDict:
     c.eval.judge = ""
     c.eval.num_samples = 64  # samples drawn for generative perplexity / entropy
     c.eval.judge_batch_size = 8  # sequences per judge call (the reference's perplexity_batch_size)
+
+    # --- SDTT distillation (spec §8; configs/distill.py): training distils a teacher instead
+    c.distill = ConfigDict()
+    # "" = ordinary training; else the teacher: a pgm_jax workdir (algo pgm / mdlm) or a
+    # reference checkpoint converted with pgm_jax.convert; student and teacher start from its
+    # raw (non-EMA) weights, the EMA restarts from them
+    c.distill.teacher = ""
+    c.distill.num_distill_steps = 2  # teacher ancestral steps of dt per student step
+    c.distill.orig_num_sampling_steps = 1024  # round 0: dt = (1 - 1e-5) / this
+    c.distill.grow_dt_every = 10_000  # steps per round: dt doubles, student -> teacher
+    c.distill.min_num_sampling_steps = 8  # stop when round(1 / dt) drops below this
+    # True: the reference's teacher time grid [t + (1-t)(t-2dt), (1-t)(t-2dt)] (spec §9 item
+    # 9); False: the intended [t, t - dt]
+    c.distill.reference_time_grid = False
     return c
