@@ -27,7 +27,7 @@ from pgm_jax.data import TextData, load_text_data
 from pgm_jax.data.images import ImageData, load_image_data
 from pgm_jax.eval import grid
 from pgm_jax.metrics import TB_DIR, MetricsWriter, NonFiniteError, Progress, nonfinite
-from pgm_jax.models import ModelConfig, build_model
+from pgm_jax.models import ModelConfig, attention, build_model
 from pgm_jax.restore import CHECKPOINT_DIR
 from pgm_jax.sampling import generate
 from pgm_jax.sampling import image as image_sampling
@@ -80,6 +80,7 @@ def setup(config: ConfigDict, workdir: str) -> Run:
         model_cfg = config_lib.model_config(
             config, vocab_size=data.tokenizer.vocab_size, mask_index=data.tokenizer.mask_id
         )
+    model_cfg = attention.on_mesh(model_cfg, mesh)
     graphdef, shardings, tx = abstract_training(config, model_cfg, mesh)
     return Run(config, model_cfg, data, mesh, graphdef, shardings, tx)
 
