@@ -10,6 +10,8 @@ and `jit(train_step).lower(...).compile()` gives XLA's per-device memory analysi
 step (optimizer, EMA, remat, gradient accumulation and chunked logits included). With
 `--topology` the step is compiled ahead of time for a TPU slice that is not attached (needs
 the `libtpu` package; this CPU-only machine can check a pod configuration before renting it).
+When the compiler itself refuses the program for lack of memory, the dry run prints one line,
+"does not fit: <the compiler's figures>", and exits with status 1.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ml_collections import ConfigDict
 
 from pgm_jax import checkpoint, sharding
 from pgm_jax import config as config_lib
-from pgm_jax.models import build_model, layers
+from pgm_jax.models import attention, build_model
 from pgm_jax.objectives.losses import LOSSES
 from pgm_jax.train import setup
 from pgm_jax.train.step import init_state, jit_train_step, make_train_step
@@ -68,6 +70,8 @@ def topology_devices(name: str, num_slices: int = 1) -> list:
 
     # No TPU here: do not let libtpu ask a metadata server for the (absent) slice.
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # Compile-only: several processes (parallel tests, dry runs) may load libtpu at once.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         desc = topologies.get_topology_desc(tpu_topology_name(name), "tpu",
                                             num_slices=num_slices)
@@ -105,6 +109,7 @@ def dry_run(config: ConfigDict, devices: list | None = None) -> MemoryReport:
         if vocab == -1:  # a sentencepiece tokenizer: data.vocab_size pieces + appended MASK
             vocab, mask = config.data.vocab_size + 1, config.data.vocab_size
         model_cfg = config_lib.model_config(config, vocab_size=vocab, mask_index=mask)
+    model_cfg = attention.on_mesh(model_cfg, mesh)  # the target's kernel, not this host's
     graphdef, shardings, tx = setup.abstract_training(config, model_cfg, mesh)
     seed = config.seed
     state = checkpoint.abstract(
@@ -115,8 +120,14 @@ def dry_run(config: ConfigDict, devices: list | None = None) -> MemoryReport:
              for k, v in shapes.items()}
     step = make_train_step(graphdef, LOSSES[config.algo], tx, config.optim.ema_decay,
                            config.train.grad_accum, sharding.data_parallel_size(mesh))
-    with layers.no_cpu_attention_chunking():  # the target's layout, not this host's
+    try:
         compiled = jit_train_step(step, shardings, mesh).lower(state, batch).compile()
+    except jax.errors.JaxRuntimeError as e:
+        figures = oom_figures(str(e))
+        if figures is None:
+            raise
+        raise DoesNotFit(f"does not fit: {len(devices)} x {devices[0].device_kind}: "
+                         f"{figures}") from None
     mem = compiled.memory_analysis()
     kind = devices[0].device_kind
     return MemoryReport(
@@ -124,6 +135,23 @@ def dry_run(config: ConfigDict, devices: list | None = None) -> MemoryReport:
         arguments=mem.argument_size_in_bytes, outputs=mem.output_size_in_bytes,
         aliased=mem.alias_size_in_bytes, temporaries=mem.temp_size_in_bytes,
         code=mem.generated_code_size_in_bytes, capacity=_capacity(devices[0]))
+
+
+class DoesNotFit(Exception):
+    """The compiler refused the step for lack of device memory (message: one line)."""
+
+
+def oom_figures(message: str) -> str | None:
+    """The compiler's out-of-memory sentence from a compile error, or None if it is another
+    error. XLA:TPU says e.g. "Ran out of memory in memory space hbm. Used 21.16G of 15.75G
+    hbm. Exceeded hbm capacity by 5.41G." or "... temporaries (21.16G) exceeds available HBM
+    (15.75G)"; the usage report that follows is dropped."""
+    if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
+        return None
+    start = message.find("Ran out of memory")
+    text = message[start:] if start >= 0 else message.split("RESOURCE_EXHAUSTED", 1)[1]
+    text = text.split("Memory usage report", 1)[0]
+    return " ".join(text.split()).strip(" :.") + "."
 
 
 def _capacity(device) -> int | None:

@@ -54,7 +54,11 @@ def main(argv: list[str]) -> None:
 
         devices = (dryrun.topology_devices(_TOPOLOGY.value, _TOPOLOGY_SLICES.value)
                    if _TOPOLOGY.value else None)
-        print(dryrun.format_report(dryrun.dry_run(config, devices)))
+        try:
+            print(dryrun.format_report(dryrun.dry_run(config, devices)))
+        except dryrun.DoesNotFit as e:  # the answer, not a crash: one line, no traceback
+            print(e)
+            raise SystemExit(1) from None
         return
     distributed.initialize(distributed.Cluster(_COORDINATOR.value, _NUM_PROCESSES.value,
                                                _PROCESS_ID.value, _DIST_TIMEOUT.value))

@@ -39,6 +39,9 @@ def default_config() -> ConfigDict:
     # per-block rematerialisation: none | full (keep block inputs only) | dots (keep matmul
     # outputs) | dots_no_batch (keep weight matmuls, recompute attention)
     c.model.remat = "none"
+    # attention kernel: auto (splash on TPU, dense elsewhere) | dense (the oracle; CPU query
+    # chunks) | splash (Pallas TPU; O(L) memory). docs/attention.md says which serves what.
+    c.model.attention = "auto"
     c.model.scan_layers = False  # lax.scan over the blocks: one compiled block per stack
     c.model.logits_chunk = 0  # >0: training head + log-softmax over this many positions at once
     # images (algo image_pgm | maskgit): class ids 0..num_classes-1, id num_classes = the null

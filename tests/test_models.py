@@ -132,10 +132,9 @@ def test_cpu_query_chunks_equal_one_block_including_empty_rows():
 
     chunked = jax.jit(lambda *a: layers.masked_attention(*a))
     assert dots(chunked) == 2 * 4  # 256-query chunks: 4 x (scores, values)
-    with layers.no_cpu_attention_chunking():
-        whole = jax.jit(lambda *a: layers.masked_attention(*a))
-        assert dots(whole) == 2
-        out_whole = whole(q, k, v, mask)
+    whole = jax.jit(lambda *a: layers.masked_attention(*a, cpu_chunks=False))
+    assert dots(whole) == 2
+    out_whole = whole(q, k, v, mask)
     out_chunked = chunked(q, k, v, mask)
     np.testing.assert_allclose(out_chunked, out_whole, atol=1e-6)
     assert not np.asarray(out_chunked[:, 5]).any()

@@ -16,6 +16,7 @@ from flax import nnx
 
 from pgm_jax import sharding
 from pgm_jax.models import heads, layers
+from pgm_jax.models.attention import Segments
 from pgm_jax.models.config import ModelConfig
 from pgm_jax.models.dit import (
     ACTIVATION_AXES,
@@ -76,7 +77,7 @@ class AR(nnx.Module):
         c = jnp.zeros((b, 0), jnp.float32)  # no conditioning: the modulations are constants
         cos, sin = layers.rope_table(self.cfg.length, self.cfg.head_dim, self.cfg.rope_base)
         rope = (jnp.asarray(cos)[None, :n], jnp.asarray(sin)[None, :n])
-        causal = jnp.broadcast_to(jnp.tril(jnp.ones((n, n), bool)), (b, n, n))
+        causal = Segments(causal=True)
         x = run_blocks(self.blocks, x, maybe_split(key, len(self.blocks)),
                        lambda block, h, k: block(h, c, rope, causal, k), self.cfg)
         head = lambda h: self.output_layer(h, c)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 PRE_QUERY_MODES = ("learn", "learn+freqs", "learn+freqs+mean", "learn+freqs+logsumexp")
 QUERY_PROCESS_MODES = ("linear", "mlp4")
 REMAT_MODES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_KERNELS = ("auto", "dense", "splash")  # models/attention.py
 MODEL_KINDS = ("pgm", "mdlm_dit", "ar", "image_pgm", "maskgit")
 IMAGE_KINDS = ("image_pgm", "maskgit")
 # Image PGM ids past the codebook (spec pgm_image.md §0): mask = codebook_size (a logit column
@@ -53,6 +54,10 @@ class ModelConfig:
     num_classes: int = 0  # images: class ids 0..num_classes-1; num_classes = the null class
     codebook_size: int = 0  # images: token ids 0..codebook_size-1
     label_dropout: float = 0.1  # images, training: P(label -> null class) for CFG
+    attention: str = "auto"  # kernel: auto | dense | splash (models/attention.py)
+    # The platform the program is compiled for ("" = this process's default backend); the
+    # dry run sets it to the target's, so that `auto` and the dense layout follow the target.
+    attention_platform: str = ""
 
     @property
     def head_dim(self) -> int:
@@ -88,6 +93,8 @@ class ModelConfig:
             out.append(("swap_query_process_mode", f"must be one of {QUERY_PROCESS_MODES}"))
         if not 0.0 <= self.dropout < 1.0:
             out.append(("dropout", "must be in [0, 1)"))
+        if self.attention not in ATTENTION_KERNELS:
+            out.append(("attention", f"must be one of {ATTENTION_KERNELS}"))
         if self.remat not in REMAT_MODES:
             out.append(("remat", f"must be one of {REMAT_MODES}"))
         if self.logits_chunk < 0:

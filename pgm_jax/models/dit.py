@@ -13,6 +13,7 @@ from flax import nnx
 
 from pgm_jax import sharding
 from pgm_jax.models import heads, layers
+from pgm_jax.models.attention import Segments, attend
 from pgm_jax.models.config import ModelConfig
 
 Array = jax.Array
@@ -98,6 +99,7 @@ class DiTBlock(nnx.Module):
         h, dt = cfg.hidden_size, cfg.compute_dtype
         self.n_heads = cfg.n_heads
         self.dropout = cfg.dropout
+        self.attn_kernel = (cfg.attention, cfg.attention_platform)
         self.norm1 = layers.LayerNorm(h)
         self.attn_qkv = layers.Linear(
             h, 3 * h, rngs=rngs, use_bias=False, axes=("embed", "heads"), dtype=dt
@@ -110,10 +112,10 @@ class DiTBlock(nnx.Module):
         self.adaLN_modulation = adaln(cfg, 6, rngs=rngs)
 
     def __call__(
-        self, x: Array, c: Array, rope: tuple[Array, Array], mask: Array, key: Array | None
+        self, x: Array, c: Array, rope: tuple[Array, Array], mask: Segments, key: Array | None
     ) -> Array:
         """x: float32 [batch, n, H]; c: [batch, C]; rope: cos/sin [batch|1, n, d/2];
-        mask: bool [batch, n, n]. Returns float32 [batch, n, H]."""
+        mask: who sees whom (O(L) ids). Returns float32 [batch, n, H]."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = adaln_chunks(
             self.adaLN_modulation, c, 6
         )
@@ -122,7 +124,7 @@ class DiTBlock(nnx.Module):
         q, k, v = jnp.split(self.attn_qkv(h), 3, axis=-1)
         q = layers.apply_rope(layers.split_heads(q, self.n_heads), *rope)
         k = layers.apply_rope(layers.split_heads(k, self.n_heads), *rope)
-        a = layers.masked_attention(q, k, layers.split_heads(v, self.n_heads), mask)
+        a = attend(q, k, layers.split_heads(v, self.n_heads), mask, self.attn_kernel)
         x = x + gate_msa * layers.dropout(self.attn_out(a), self.dropout, k_attn)
         h = layers.modulate(self.norm2(x), shift_mlp, scale_mlp)
         return x + gate_mlp * layers.dropout(self.mlp(h), self.dropout, k_mlp)
@@ -205,13 +207,13 @@ class DiT(Backbone):
         *,
         sigma: Array | None = None,
         key: Array | None = None,
-        attention_mask: Array | None = None,
+        attention_mask: Segments | None = None,
         targets: Array | None = None,
         debug: dict | None = None,
     ) -> Array:
         """tokens: int32 [batch, L] (MASK where noised) -> logits [batch, L, V].
 
-        `key` enables dropout (training); `attention_mask` (bool [batch, L, L]) restricts
+        `key` enables dropout (training); `attention_mask` (`Segments`, O(L) ids) restricts
         attention, e.g. to packed segments; default full attention. With `targets` (int
         [batch, L]) returns their log-probabilities float32 [batch, L] instead (`head`).
         """
@@ -219,7 +221,7 @@ class DiT(Backbone):
         x = sharding.constrain(self.vocab_embed(tokens), ACTIVATION_AXES)
         c = self.cond(b, sigma)
         rope = self.rope(jnp.arange(n)[None])
-        mask = jnp.ones((b, n, n), bool) if attention_mask is None else attention_mask
+        mask = Segments() if attention_mask is None else attention_mask
         x = run_blocks(self.blocks, x, maybe_split(key, len(self.blocks)),
                        lambda block, h, k: block(h, c, rope, mask, k), self.cfg, debug)
         if debug is not None:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgm_jax.models import heads, layers
+from pgm_jax.models.attention import Segments
 from pgm_jax.models.config import ModelConfig
 from pgm_jax.models.dit import Embedding, FinalLayer
 from pgm_jax.models.pgm import Decoder, Encoder, encode_decode
@@ -93,8 +94,8 @@ class ImagePGM(nnx.Module):
         cos, sin = layers.rope_table(self.inner.length, self.cfg.head_dim, self.cfg.rope_base)
         return jnp.asarray(cos)[slots], jnp.asarray(sin)[slots]
 
-    def _trunk(self, h: Array, k_slots: Array, q_slots: Array, self_mask: Array,
-               cross_mask: Array, c: Array, key: Array | None, debug: dict | None) -> Array:
+    def _trunk(self, h: Array, k_slots: Array, q_slots: Array, self_mask: Segments,
+               cross_mask: Segments, c: Array, key: Array | None, debug: dict | None) -> Array:
         """The text PGM's encoder-decoder body at register-shifted slots (no GroupSwap
         statistics). h: [B, nk, H] at k_slots [B|1, nk]; q_slots [B|1, nq] -> [B, nq, H]."""
         return encode_decode(self, h, self.rope(k_slots), q_slots, self.rope(q_slots),
@@ -130,10 +131,10 @@ class ImagePGM(nnx.Module):
         g = groups.astype(bool)
         # Slot groups [1, 0, groups]: register 0 keeps group 1 non-empty, register 1 group 0.
         g_keys = jnp.concatenate([jnp.ones((b, 1), bool), jnp.zeros((b, 1), bool), g], axis=1)
-        self_mask = g_keys[:, :, None] == g_keys[:, None, :]
+        self_mask = Segments.groups(g_keys)
         # The registers' own predictions are dropped by the reference; the decoder never
         # self-attends, so skipping their queries changes nothing else.
-        cross_mask = g[:, :, None] != g_keys[:, None, :]
+        cross_mask = Segments.groups(g, cross=True, key_groups=g_keys)
         regs = jnp.broadcast_to(self.reg_tokens.embedding[...][None], (b, NUM_REGISTERS,
                                                                        self.cfg.hidden_size))
         h = jnp.concatenate([regs, self.vocab_embed(x)], axis=1)
@@ -172,7 +173,7 @@ class ImagePGM(nnx.Module):
             last = (n - 1) - jnp.argmax(valid[:, ::-1], axis=1)  # last valid index [B]
             valid = valid & ~(jnp.asarray(release_quirk) & (jnp.arange(n)[None] == last[:, None]))
         visible = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)  # [B, n+1]
-        self_mask = cross_mask = visible[:, None, :]  # key padding, broadcast over queries
+        self_mask = cross_mask = Segments.key_valid(visible)  # key padding
         reg0 = jnp.broadcast_to(self.reg_tokens.embedding[...][1][None, None],
                                 (b, 1, self.cfg.hidden_size))
         h = jnp.concatenate([reg0, self.vocab_embed(x)], axis=1)

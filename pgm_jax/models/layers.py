@@ -12,7 +12,6 @@ kernel is the transposed torch weight, `[in, out]`; fused projections keep torch
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -202,18 +201,23 @@ def split_heads(x: Array, n_heads: int) -> Array:
     return x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
 
 
-def masked_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
-    """Softmax attention where a query row with no allowed key outputs zeros.
+def masked_attention(q: Array, k: Array, v: Array, mask: Array, *,
+                     cpu_chunks: bool | None = None) -> Array:
+    """Softmax attention where a query row with no allowed key outputs zeros (the dense
+    kernel of `pgm_jax.models.attention`, and its oracle).
 
-    On CPU, queries are processed in chunks whose [batch, heads, chunk, nk] float32 scores fit
-    in `_CPU_SCORE_BYTES`: past the last-level cache, XLA:CPU's softmax passes slow down by
-    ~2x (measured: batch 4 x 4 heads x 1024 x 1024 took 268 CPU-ms at once, 160 in 256-query
-    chunks). Accelerators take the whole block. Same result either way.
+    With `cpu_chunks` (default: when this process runs on a CPU), queries are processed in
+    chunks whose [batch, heads, chunk, nk] float32 scores fit in `_CPU_SCORE_BYTES`: past the
+    last-level cache, XLA:CPU's softmax passes slow down by ~2x (measured: batch 4 x 4 heads
+    x 1024 x 1024 took 268 CPU-ms at once, 160 in 256-query chunks). Programs compiled for an
+    accelerator take the whole block. Same result either way.
     """
     b, nq, h = q.shape[:3]
     nk = k.shape[1]
     chunk = max(_CPU_MIN_CHUNK, _CPU_SCORE_BYTES // (4 * b * h * nk))
-    if not _cpu_chunking[0] or jax.default_backend() != "cpu" or nq <= chunk:
+    if cpu_chunks is None:
+        cpu_chunks = jax.default_backend() == "cpu"
+    if not cpu_chunks or nq <= chunk:
         return _attention(q, k, v, mask)
     outs = []
     for start in range(0, nq, chunk):
@@ -223,18 +227,6 @@ def masked_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 
 
 _CPU_SCORE_BYTES = 1 << 24  # 16 MiB of scores per chunk (see masked_attention)
-_cpu_chunking = [True]
-
-
-@contextlib.contextmanager
-def no_cpu_attention_chunking():
-    """Traces attention as one block even on a CPU host: for programs compiled here for other
-    devices (`pgm_jax/dryrun.py`), whose memory figures must not reflect a CPU-only layout."""
-    before, _cpu_chunking[0] = _cpu_chunking[0], False
-    try:
-        yield
-    finally:
-        _cpu_chunking[0] = before
 # Chunks never hold fewer queries: shapes are global under jit (a large batch would otherwise
 # unroll into hundreds of tiny chunks and blow up compile time).
 _CPU_MIN_CHUNK = 128

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgm_jax import sharding
-from pgm_jax.models import heads, layers
+from pgm_jax.models import attention, heads, layers
 from pgm_jax.models.config import ModelConfig
 from pgm_jax.models.dit import ACTIVATION_AXES, maybe_split, run_blocks
 from pgm_jax.models.image_pgm import ClassEmbedding, Table
@@ -86,6 +86,7 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         h, dt = cfg.hidden_size, cfg.compute_dtype
         self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.attn_kernel = (cfg.attention, cfg.attention_platform)
         lin = lambda axes: xavier_linear(h, h, rngs=rngs, use_bias=False, axes=axes, dtype=dt)
         self.wq, self.wk, self.wv = (lin(("embed", "heads")) for _ in range(3))
         self.wo = lin(("heads", "embed"))
@@ -98,6 +99,12 @@ class Attention(nnx.Module):
         q = layers.split_heads(rms(self.wq(x)).astype(dt), self.n_heads)
         k = layers.split_heads(rms(self.wk(x)).astype(dt), self.n_heads)
         v = layers.split_heads(self.wv(x), self.n_heads)
+        fused = attention.kernel_for(self.attn_kernel) != "dense"
+        if fused and (k_p is None or self.dropout == 0.0):  # no probability dropout
+            a = attention.attend(q, k, v, attention.Segments(), self.attn_kernel)
+            return layers.dropout(self.wo(a), self.dropout, k_out)
+        # Dense (the reference's SDPA): its dropout_p acts on the probabilities, which only
+        # this layout holds, so training with dropout > 0 stays here on every platform.
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         p = jax.nn.softmax(scores / math.sqrt(q.shape[-1]), axis=-1)
         p = layers.dropout(p, self.dropout, k_p)  # SDPA's dropout_p on the probabilities

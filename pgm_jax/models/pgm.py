@@ -18,6 +18,7 @@ from flax import nnx
 
 from pgm_jax import sharding
 from pgm_jax.models import layers
+from pgm_jax.models.attention import Segments, attend
 from pgm_jax.models.config import ModelConfig
 from pgm_jax.models.dit import (
     ACTIVATION_AXES,
@@ -86,16 +87,18 @@ class GroupSwap(nnx.Module):
         return self.query_processor(self.pre_query_norm(q0))
 
     def __call__(
-        self, h_enc: Array, q_positions: Array, rope_q, rope_k, mask: Array, stats: Array | None
+        self, h_enc: Array, q_positions: Array, rope_q, rope_k, mask: Segments,
+        stats: Array | None
     ) -> Array:
-        """h_enc: [batch, nk, H]; mask: bool [batch, nq, nk] -> [batch, nq, H]."""
+        """h_enc: [batch, nk, H]; mask: query -> key ids (O(L)) -> [batch, nq, H]."""
         n_heads = self.cfg.n_heads
         q = self.queries(q_positions, stats)
         q = jnp.broadcast_to(q, (h_enc.shape[0], *q.shape[1:]))
         k, v = jnp.split(self.hidden_to_key_value(h_enc), 2, axis=-1)
         q = layers.apply_rope(layers.split_heads(q, n_heads), *rope_q)
         k = layers.apply_rope(layers.split_heads(k, n_heads), *rope_k)
-        a = layers.masked_attention(q, k, layers.split_heads(v, n_heads), mask)
+        a = attend(q, k, layers.split_heads(v, n_heads), mask,
+                   (self.cfg.attention, self.cfg.attention_platform))
         return self.output_linear(a)
 
 
@@ -106,6 +109,7 @@ class CrossAttnBlock(nnx.Module):
         h, dt = cfg.hidden_size, cfg.compute_dtype
         self.n_heads = cfg.n_heads
         self.dropout = cfg.dropout
+        self.attn_kernel = (cfg.attention, cfg.attention_platform)
         self.q_norm1 = layers.LayerNorm(h)
         self.kv_norm1 = layers.LayerNorm(h)
         self.norm2 = layers.LayerNorm(h)
@@ -119,7 +123,7 @@ class CrossAttnBlock(nnx.Module):
         self.adaLN_modulation = adaln(cfg, 6, rngs=rngs)
 
     def __call__(self, y, h_enc, c, rope_q, rope_k, mask, key) -> Array:
-        """y: [batch, nq, H] query stream; h_enc: [batch, nk, H]; mask: bool [batch, nq, nk]."""
+        """y: [batch, nq, H] query stream; h_enc: [batch, nk, H]; mask: `Segments`."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = adaln_chunks(
             self.adaLN_modulation, c, 6
         )
@@ -128,7 +132,7 @@ class CrossAttnBlock(nnx.Module):
         k, v = jnp.split(self.attn_kv(self.kv_norm1(h_enc)), 2, axis=-1)
         q = layers.apply_rope(layers.split_heads(self.attn_q(hq), self.n_heads), *rope_q)
         k = layers.apply_rope(layers.split_heads(k, self.n_heads), *rope_k)
-        a = layers.masked_attention(q, k, layers.split_heads(v, self.n_heads), mask)
+        a = attend(q, k, layers.split_heads(v, self.n_heads), mask, self.attn_kernel)
         y = y + gate_msa * layers.dropout(self.attn_out(a), self.dropout, k_attn)
         h = layers.modulate(self.norm2(y), shift_mlp, scale_mlp)
         return y + gate_mlp * layers.dropout(self.mlp(h), self.dropout, k_mlp)
@@ -146,13 +150,13 @@ class Decoder(nnx.Module):
 
 
 def encode_decode(model: nnx.Module, h: Array, rope_k, q_positions: Array, rope_q,
-                  self_mask: Array, cross_mask: Array, c: Array, stats_fn, key: Array | None,
+                  self_mask: Segments, cross_mask: Segments, c: Array, stats_fn, key: Array | None,
                   debug: dict | None) -> Array:
     """The encoder over the keys, then GroupSwap and the decoder for the queries.
 
     `model` holds `encoder`, `decoder` and `cfg` (text PGM, image PGM); h: float32 [batch,
     nk, H] key embeddings; rope_k / rope_q: cos, sin at the key / query positions;
-    q_positions: int [batch|1, nq]; masks: bool [batch, nq|nk|1, nk]; c: adaLN input
+    q_positions: int [batch|1, nq]; masks: `Segments` (O(L) ids); c: adaLN input
     [batch, C]; stats_fn: encoder output -> pooled GroupSwap statistics, or None. Returns the
     decoder output float32 [batch, nq, H].
     """
@@ -218,11 +222,9 @@ class PGM(Backbone):
         """
         b, n = tokens.shape
         g = groups.astype(bool)
-        same = g[:, :, None] == g[:, None, :]
-        self_mask, cross_mask = same, ~same
-        if segment_ids is not None:
-            seg = segment_ids[:, :, None] == segment_ids[:, None, :]
-            self_mask, cross_mask = self_mask & seg, cross_mask & seg
+        # Encoder: q = kv = 2*doc + g; GroupSwap / decoder: q = 2*doc + g, kv = 2*doc + 1-g.
+        self_mask = Segments.groups(g, segment_ids)
+        cross_mask = Segments.groups(g, segment_ids, cross=True)
         positions = jnp.broadcast_to(jnp.arange(n)[None], (b, n))
 
         def stats_fn(h):
@@ -250,9 +252,8 @@ class PGM(Backbone):
         """
         nc, nq = clean_tokens.shape[1], noisy_positions.shape[1]
         valid = jnp.arange(nc)[None, :] < concrete_lengths[:, None]  # [batch, nc]
-        # Key padding only: one [batch, 1, nc] mask broadcast over queries (never materialised
-        # as [batch, n, nc]; every query sees BOS, so no row is empty).
-        self_mask = cross_mask = valid[:, None, :]
+        # Key padding only (every query sees BOS, so no row is empty).
+        self_mask = cross_mask = Segments.key_valid(valid)
 
         def stats_fn(h):
             s = pooled(h, valid, self.stat_mode())

@@ -2,9 +2,9 @@
 
 The run starts from the teacher run's raw (non-EMA) weights: student params = teacher = those
 weights, EMA re-initialised from them, a fresh optimizer and step 0. Each step distils the
-teacher into the student (`pgm_jax.objectives.sdtt`); at every round boundary the student is copied into
-the teacher and a checkpoint is saved. Checkpoints hold the teacher as an extra item, so a
-resumed or preempted run continues with the exact round and teacher. Evaluation, samples,
+teacher into the student (`pgm_jax.objectives.sdtt`); at every round boundary the student is
+copied into the teacher and a checkpoint is saved. Checkpoints hold the teacher as an extra
+item, so a resumed or preempted run continues with the exact round and teacher. Evaluation, samples,
 metrics and preemption work as in `pgm_jax.train.loop`, whose set-up and helpers this reuses.
 """
 

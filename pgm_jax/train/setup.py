@@ -21,7 +21,7 @@ from pgm_jax import checkpoint, sharding
 from pgm_jax import config as config_lib
 from pgm_jax.data import TextData, load_text_data
 from pgm_jax.data.images import ImageData, load_image_data
-from pgm_jax.models import ModelConfig, build_model
+from pgm_jax.models import ModelConfig, attention, build_model
 from pgm_jax.objectives.losses import LOSSES
 from pgm_jax.objectives.validation import eval_step_for, jit_eval_step
 from pgm_jax.restore import CHECKPOINT_DIR
@@ -67,6 +67,7 @@ def setup(config: ConfigDict, workdir: str) -> Run:
         model_cfg = config_lib.model_config(
             config, vocab_size=data.tokenizer.vocab_size, mask_index=data.tokenizer.mask_id
         )
+    model_cfg = attention.on_mesh(model_cfg, mesh)
     graphdef, shardings, tx = abstract_training(config, model_cfg, mesh)
     return Run(config, model_cfg, data, mesh, graphdef, shardings, tx)
 
