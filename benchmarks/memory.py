@@ -45,7 +45,7 @@ def preset_config(name: str, slice_name: str, attention: str, remat: str = "none
 
 
 def measure(name: str, slice_name: str, attention: str, remat: str = "none") -> dict:
-    from pgm_jax import dryrun  # noqa: PLC0415
+    from pgm_jax import dryrun
 
     devices = dryrun.topology_devices(slice_name)
     c = preset_config(name, slice_name, attention, remat)
