@@ -5,6 +5,8 @@
 #   make demo-images   train a class-conditional image PGM on scikit-learn's 8x8 digits (CPU),
 #                      sample a PNG grid (one row per digit)
 #   make test   create .venv with the dev extras, run the test suite (8 fake CPU devices)
+#   make compare   PGM vs MDLM, complement-MDLM and AR at matched size, each at its swept lr
+#                  (benchmarks/compare.py; table + JSON + plot in $(COMPARE_DIR))
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,8 +14,9 @@ DEMO_DIR ?= runs/demo
 DIGITS_DIR ?= runs/digits
 DISTILL_DIR ?= $(DEMO_DIR)-distill
 AR_DIR ?= $(DEMO_DIR)-ar
+COMPARE_DIR ?= runs/compare
 
-.PHONY: demo demo-mdlm demo-distill demo-images test lint clean-demo
+.PHONY: demo demo-mdlm demo-distill demo-images compare test lint clean-demo
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +33,7 @@ demo: $(VENV)/.runtime
 	$(PY) -m pgm_jax.sample --workdir=$(DEMO_DIR) --num_samples=3 --batch_size=3
 
 demo-mdlm: $(VENV)/.runtime
-	$(PY) -m pgm_jax.main --config=configs/demo.py --config.algo=mdlm --workdir=$(DEMO_DIR)-mdlm
+	$(PY) -m pgm_jax.main --config=configs/demo.py:mdlm --workdir=$(DEMO_DIR)-mdlm
 	$(PY) -m pgm_jax.sample --workdir=$(DEMO_DIR)-mdlm --num_samples=3 --batch_size=3
 
 # Trains the demo run and the AR judge first when they are missing (~10 minutes each).
@@ -43,6 +46,9 @@ demo-distill: $(VENV)/.runtime
 demo-images: $(VENV)/.runtime
 	$(PY) -m pgm_jax.main --config=configs/digits.py --workdir=$(DIGITS_DIR)
 	$(PY) -m pgm_jax.sample --workdir=$(DIGITS_DIR) --num_samples=10 --batch_size=50
+
+compare: $(VENV)/.dev
+	$(PY) -m benchmarks.compare --output=$(COMPARE_DIR)
 
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
