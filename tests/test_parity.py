@@ -97,10 +97,8 @@ def test_an_output_parity_does_not_compute_fails(tmp_path):
 
 def _losses_table() -> dict:
     """The table of training losses the training loop uses, wherever it lives."""
-    try:
-        from pgm_jax.objectives.losses import LOSSES
-    except ImportError:  # the layout before the objectives package
-        from pgm_jax.train.step import LOSSES
+    from pgm_jax.objectives.losses import LOSSES
+
     return LOSSES
 
 

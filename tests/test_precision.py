@@ -1,9 +1,10 @@
 """The bfloat16 compute path (`model.dtype="bfloat16"`: bf16 matmuls and attention, float32
 parameters, LayerNorm, residual stream and softmax) against the reference's float32 outputs.
 
-Tolerances (docs/fidelity.md, "Precision"; measured on these fixtures: mean |dlogit| <= 0.017,
-max |dlogit| <= 1.6 % of max |logit|, KL <= 9e-4 nats, argmax-token |dlog p| <= 0.065, each
-at most half its bound).
+Tolerances (docs/fidelity.md, "Precision"). Measured on these fixtures, against each bound:
+mean |dlogit| <= 0.017 (57 % of 0.03), max |dlogit| <= 1.6 % of max |logit| (80 % of 2 %),
+KL <= 9e-4 nats (45 % of 2e-3), argmax-token |dlog p| <= 0.065 (65 % of 0.1). One bf16 rounding
+step of a logit near 11 is 0.0625, so the argmax bound cannot be much tighter.
 """
 
 import dataclasses
