@@ -12,9 +12,11 @@ import pytest
 from flax import nnx
 
 from configs import demo
+from pgm_jax import config as config_lib
 from pgm_jax import sharding
 from pgm_jax.models import build_model
 from pgm_jax.objectives.losses import LOSSES
+from pgm_jax.restore import restore_params
 from pgm_jax.train import loop, setup
 from pgm_jax.train.step import jit_train_step, make_train_step, state_shardings
 
@@ -89,6 +91,15 @@ def test_resume_equals_straight_run(tmp_path):
     np.testing.assert_allclose([b[s] for s in range(1, 8)], [a[s] for s in range(1, 8)],
                                rtol=1e-6)
     assert result["step"] == 7
+    # The EMA weights (what sampling and evaluation use) and the raw weights match too.
+    model_cfg = config_lib.model_config(config_lib.load_run_config(straight))
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    for item in ("ema", "params"):
+        (_, w_a, step_a), (_, w_b, step_b) = (
+            restore_params(d, model_cfg, mesh, item=item) for d in (straight, resumed))
+        assert step_a == step_b == 7
+        for x, y in zip(jax.tree.leaves(w_a), jax.tree.leaves(w_b), strict=True):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow
