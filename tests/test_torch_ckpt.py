@@ -245,6 +245,10 @@ class _TorchPickler(pickle._Pickler):  # the pure-Python pickler lets us emit ra
 
     def __init__(self, file: io.BytesIO, legacy: bool = False) -> None:
         super().__init__(file, protocol=2)
+        # Only the stock save functions: `dill` (imported by lm-eval's dependencies in the same
+        # test session) patches the pure-Python pickler's class-wide table in place.
+        self.dispatch = {t: f for t, f in pickle._Pickler.dispatch.items()
+                         if getattr(f, "__module__", "") == "pickle"}
         self.legacy = legacy
         self.storages: dict[str, _FakeStorage] = {}
 

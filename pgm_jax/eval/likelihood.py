@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from pgm_jax.models import ModelConfig
+from pgm_jax.models.attention import Segments
 from pgm_jax.objectives import schedule
 
 Array = jax.Array
@@ -57,7 +58,9 @@ def _mc_nll(graphdef, params, tokens, valid, noised, t, key, *, kind):
     else:
         mask = model.cfg.mask_index
         xt = jnp.where(hit, mask, x)
-        attend = jnp.broadcast_to(valid[:, None] == valid[None, :], (b, n, n))
+        # valid tokens see valid tokens, padding sees padding (O(L) segment ids)
+        ids = jnp.broadcast_to(valid.astype(jnp.int32), (b, n))
+        attend = Segments(q=ids, kv=ids)
         logp = model(xt, sigma=schedule.sigma_of(t), attention_mask=attend, targets=x)
         nll = schedule.mdlm_token_nll(logp, xt, t, mask)
     return jnp.sum(jnp.where(valid, nll, 0.0), axis=1)
@@ -75,7 +78,8 @@ def _greedy(graphdef, params, tokens, valid, noised, *, kind):
         logits = jnp.pad(model(x[:, :-1]), ((0, 0), (1, 0), (0, 0)))  # row i predicts token i
     else:
         mask = model.cfg.mask_index
-        attend = (valid[:, None] == valid[None, :])[None]
+        ids = valid.astype(jnp.int32)[None]
+        attend = Segments(q=ids, kv=ids)
         logits = model(jnp.where(noised, mask, tokens)[None], sigma=jnp.zeros((1,)),
                        attention_mask=attend)
     best = jnp.argmax(schedule.pgm_logprobs(logits, model.cfg.mask_index), -1)[0]
