@@ -100,5 +100,8 @@ def test_owt_pgm_8_8_dry_run_allocates_nothing(tmp_path):
     assert 3.0 < state_gib < 3.1  # 4 x 202.7M float32 values + the batch
     assert "202,708,818 values" in r.stderr  # the sharding table
     peak_rss = int(re.search(r"maxrss_kib (\d+)", r.stderr)[1]) * 1024
-    assert peak_rss < 2 << 30
+    # A process holding the 3.0 GiB state would sit above 3 GiB with the runtime on top; the
+    # compiler's own peak is 1.5-2.7 GiB (2.61 GiB measured in the full suite with libtpu
+    # installed, below 2 GiB alone).
+    assert peak_rss < 3 << 30
     assert not workdir.exists()

@@ -15,7 +15,6 @@ import shutil
 
 import jax
 import jax.numpy as jnp
-import optax
 from absl import logging
 from flax import nnx
 from ml_collections import ConfigDict
@@ -29,7 +28,7 @@ from pgm_jax.sampling.from_run import on_current_schema
 from pgm_jax.tensorboard import ProfileWindow
 from pgm_jax.train import loop, setup
 from pgm_jax.train.preemption import PreemptionWatch
-from pgm_jax.train.step import TrainState, ema_decay_at, init_state
+from pgm_jax.train.step import TrainState, apply_gradients, init_state
 
 ALGOS = ("pgm", "mdlm")
 
@@ -87,19 +86,7 @@ def make_distill_step(graphdef: nnx.GraphDef, config: ConfigDict, tx, ema_decay:
                                      reference_grid)
 
         (total, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        denom = jnp.maximum(count, 1.0)
-        loss = total / denom
-        grads = jax.tree.map(lambda g: g / denom, grads)
-        grad_norm = optax.global_norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        decay = ema_decay_at(state.step, ema_decay)
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        new = state.replace(step=state.step + 1, params=keep_old(params, state.params),
-                            opt_state=keep_old(opt_state, state.opt_state),
-                            ema=keep_old(ema, state.ema))
+        new, loss, grad_norm = apply_gradients(state, tx, ema_decay, total, count, grads)
         return new, {"loss": loss, "grad_norm": grad_norm, "tokens": count, "dt": dt}
 
     return step_fn

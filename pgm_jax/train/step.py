@@ -130,6 +130,32 @@ def accumulated_grads(graphdef: nnx.GraphDef, loss_fn: LossFn, params: dict, bat
     return acc
 
 
+def apply_gradients(state: TrainState, tx: optax.GradientTransformation, ema_decay: float,
+                    total: Array, count: Array, grads: dict) -> tuple[TrainState, Array, Array]:
+    """One optimizer + EMA update from summed gradients; returns (state, mean loss, grad norm).
+
+    total: float32 [] summed loss; count: float32 [] tokens it covers; grads: the summed
+    gradients (same tree as `state.params`). Normalising by the token count here keeps the
+    mean exact across micro-batches and data shards.
+    """
+    denom = jnp.maximum(count, 1.0)
+    loss = total / denom
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay_at(state.step, ema_decay)
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params)
+    # One bad batch must not poison the weights and Adam moments for good. The select is
+    # computed on the device (no host sync) and fuses into the update's elementwise ops.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new = state.replace(step=state.step + 1, params=keep_old(params, state.params),
+                        opt_state=keep_old(opt_state, state.opt_state),
+                        ema=keep_old(ema, state.ema))
+    return new, loss, grad_norm
+
+
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation,
                     ema_decay: float, grad_accum: int = 1, data_shards: int = 1
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
@@ -146,21 +172,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         total, count, grads = accumulated_grads(graphdef, loss_fn, state.params, batch, key,
                                                 grad_accum, data_shards)
-        denom = jnp.maximum(count, 1.0)
-        loss = total / denom
-        grads = jax.tree.map(lambda g: g / denom, grads)
-        grad_norm = optax.global_norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        decay = ema_decay_at(state.step, ema_decay)
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params)
-        # One bad batch must not poison the weights and Adam moments for good. The select is
-        # computed on the device (no host sync) and fuses into the update's elementwise ops.
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        new = state.replace(step=state.step + 1, params=keep_old(params, state.params),
-                            opt_state=keep_old(opt_state, state.opt_state),
-                            ema=keep_old(ema, state.ema))
+        new, loss, grad_norm = apply_gradients(state, tx, ema_decay, total, count, grads)
         metrics = {"loss": loss, "grad_norm": grad_norm, "tokens": count}
         return new, metrics
 
