@@ -17,6 +17,10 @@ def paper_config(name: str, preset: str, presets: tuple[str, ...], *, source: st
     c.data.source, c.data.bos_id = source, bos_id
     c.model.length, c.model.vocab_size, c.model.mask_index = length, vocab_size, mask_index
     c.model.dtype = "bfloat16"  # the reference's autocast (fp32 params, LayerNorm, softmax)
+    # Why: OWT's float32 logits are [32, 1024, 50258] = 6.6 GiB per v5p chip at the paper's
+    # batch, plus their gradient; 256 positions at a time cut OWT PGM 8/8's splash peak from
+    # 31.0 to 20.8 GiB (benchmarks/memory.py). Same loss; the chunks are recomputed backward.
+    c.model.logits_chunk = 256
     c.train.eval_batch_size = 32  # scripts/eval/*/*_val_ppl.sh
     c.sample.steps = 128
     c.sample.float64 = True  # the reference's float64 Gumbel noise (spec §3.4)
@@ -32,6 +36,7 @@ def shrink_for_cpu(c: ConfigDict) -> None:
                 "n_blocks"):
         c.model[key] = small[key]
     c.model.dtype = "float32"  # bfloat16 is slower than float32 on CPUs
+    c.model.logits_chunk = 0  # the demo's 4k vocabulary: one piece is faster on a CPU
     c.train.batch_size = 8
     c.train.eval_batch_size = 8
     c.train.num_steps = 1_000
