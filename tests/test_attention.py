@@ -1,6 +1,6 @@
 """The attention entry point: segment-id masks, the fused kernel (splash, in Pallas interpret
 mode on CPU) against the dense oracle in forward and gradients, and a full train step with
-each kernel.
+each fused kernel (splash, tokamax; tokamax's kernel tests: test_attention_tokamax.py).
 
 Edge cases in one batch of 4 sequences of an odd length (77 queries / keys, padded to 128
 inside splash): random groups in 2 packed documents, one group only (every cross-attention
@@ -153,7 +153,7 @@ def test_dense_entry_point_equals_masked_attention_oracle():
 # ----------------------------------------------------------------------------- whole models
 def _train_step_result(kind: str, mesh, batch) -> tuple:
     """One PGM train step (packed documents, padding, tiny model) with `kind` attention,
-    traced under a 2-device data mesh (splash runs inside shard_map there)."""
+    traced under a 2-device data mesh (the fused kernels run inside shard_map there)."""
     import optax
     from flax import nnx
 
@@ -195,19 +195,17 @@ def _train_step_cached(kind: str):
     return _train_step_result(kind, *_train_batch_and_mesh())
 
 
-def train_step_pair(kind: str):
-    """((params, metrics) with dense, (params, metrics) with `kind`) after one PGM train step
-    on the same batch (the dense step is computed once per session)."""
-    return _train_step_cached("dense"), _train_step_cached(kind)
-
-
-def test_pgm_train_step_with_splash_equals_dense():
-    (p_dense, m_dense), (p_fused, m_fused) = train_step_pair("splash")
+@pytest.mark.parametrize("kind", ["splash", "tokamax"])
+def test_pgm_train_step_with_fused_kernel_equals_dense(kind):
+    """One PGM train step with `kind` attention equals the dense step (the dense one is
+    computed once for both kernels)."""
+    p_dense, m_dense = _train_step_cached("dense")
+    p_fused, m_fused = _train_step_cached(kind)
     np.testing.assert_allclose(m_fused["loss"], m_dense["loss"], rtol=1e-5)
     np.testing.assert_allclose(m_fused["grad_norm"], m_dense["grad_norm"], rtol=1e-4)
     err = max(float(jnp.max(jnp.abs(a - b))) for a, b in
               zip(jax.tree.leaves(p_fused), jax.tree.leaves(p_dense), strict=True))
-    print("PGM train step, splash vs dense: max abs param diff", f"{err:.1e}")
+    print(f"PGM train step, {kind} vs dense: max abs param diff", f"{err:.1e}")
     assert err < 1e-5
 
 

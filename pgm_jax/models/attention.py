@@ -34,7 +34,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from absl import logging
+from absl import flags, logging
 from jax.sharding import PartitionSpec as P
 
 from pgm_jax import sharding
@@ -338,20 +338,28 @@ def _take_rows(x: Array, order: Array) -> Array:
     return jnp.take_along_axis(x, order.reshape(*order.shape, *(1,) * (x.ndim - 2)), axis=1)
 
 
-def _tokamax_mask(**ranges: Array):
-    """tokamax's Mask (per-query key ranges). Private module: tokamax's public function takes
-    only a bool mask ([L, L]) and key lengths, so the pinned version (requirements.txt) is
-    imported on use (~4 s: off the CPU start-up path)."""
-    from tokamax._src.ops.attention import base
+def _tokamax_ops():
+    """tokamax's attention modules (api, base), imported on use (~4 s: off the CPU start-up
+    path). Private modules: the public function takes only a bool [L, L] mask and key lengths,
+    not per-query key ranges, hence the exact pin in requirements.txt."""
+    from tokamax._src.ops.attention import api, base
 
-    return base.Mask(**ranges)
+    # tokamax reads its options from absl flags and parses sys.argv itself when nobody has,
+    # which fails on an argparse script's own flags (benchmarks/): use the defaults.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    return api, base
+
+
+def _tokamax_mask(**ranges: Array):
+    """tokamax's Mask from per-query key ranges (k_start, k_end)."""
+    return _tokamax_ops()[1].Mask(**ranges)
 
 
 def _tokamax_call(q: Array, k: Array, v: Array, mask, names: tuple[str, ...]) -> Array:
     """The first of tokamax's implementations `names` that accepts the call (the others raise
     NotImplementedError at trace time: Mosaic GPU for float32, or below sm90)."""
-    from tokamax._src.ops.attention import api
-
+    api, _ = _tokamax_ops()
     errors = []
     for name in names:
         if name not in api.IMPLEMENTATIONS:  # its kernels did not import (no GPU support)
