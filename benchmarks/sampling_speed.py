@@ -40,6 +40,8 @@ from flax import nnx
 from configs import lm1b, owt
 from pgm_jax.config import model_config
 from pgm_jax.models import ModelConfig, build_model
+from pgm_jax.models.attention import resolve
+from pgm_jax.models.config import ATTENTION_KERNELS
 from pgm_jax.sampling import generate, pgm, prompts
 
 STEPS = 128
@@ -53,9 +55,15 @@ class Shape:
     bos_id: int
 
 
+# model.attention for every sampler (`--attention`; the presets' default is auto).
+ATTENTION = {"kind": None}
+
+
 def _model_cfg(config_module, preset: str, dtype: str | None, **overrides) -> ModelConfig:
     c = config_module.get_config(preset)
     c.model.dropout = 0.0
+    if ATTENTION["kind"]:
+        c.model.attention = ATTENTION["kind"]
     if dtype:
         c.model.dtype = dtype
     for k, v in overrides.items():
@@ -175,19 +183,23 @@ def main() -> None:
                         help="prompt tokens after BOS (conditional sampling; default 0)")
     parser.add_argument("--precisions", nargs="+", default=["float64", "float32"],
                         choices=("float64", "float32"), help="sampling precisions timed")
+    parser.add_argument("--attention", default=None, choices=ATTENTION_KERNELS,
+                        help="model.attention for both samplers (default: auto)")
     parser.add_argument("--bucket_study", action="store_true",
                         help="also time PGM with L/16, L/8 buckets and full padding")
     args = parser.parse_args()
+    ATTENTION["kind"] = args.attention
     batches = args.batches or ([1, 4] if args.preset == "cpu" else [32])
     mdlm_steps = args.mdlm_steps or (4 if args.preset == "cpu" else STEPS)
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})"
-    print(f"device: {device}\n{HEADER}", flush=True)
+    kernel = resolve(args.attention or "auto", jax.default_backend())
+    print(f"device: {device}, attention: {kernel}\n{HEADER}", flush=True)
     result = {"rows": speed_rows(args.preset, batches, args.runs, mdlm_steps, args.prompt_len,
                                  tuple(args.precisions))}
     if args.bucket_study:
         print(f"PGM encoder shape buckets (float32, batch {batches[0]}):", flush=True)
         result["buckets"] = bucket_rows(args.preset, batches[0], args.runs)
-    result["device"] = device
+    result["device"], result["attention"] = device, kernel
     print(json.dumps(result))
 
 

@@ -2,6 +2,7 @@
 
   python benchmarks/train_speed.py --preset cpu      # demo-sized models, any machine
   python benchmarks/train_speed.py --preset paper    # OWT PGM 8/8 vs MDLM, L=1024, bf16
+  python benchmarks/train_speed.py --preset paper --attention dense   # the kernel to time
 
 Times the full jitted train step (forward, backward, AdamW, EMA; donated state) on random
 tokens over every device present (pure data parallelism unless --fsdp), after warm-up
@@ -44,7 +45,8 @@ from flax import nnx
 from configs import demo, owt
 from pgm_jax import config as config_lib
 from pgm_jax import sharding
-from pgm_jax.models import ModelConfig, build_model
+from pgm_jax.models import ModelConfig, attention, build_model
+from pgm_jax.models.config import ATTENTION_KERNELS
 from pgm_jax.objectives.losses import LOSSES
 from pgm_jax.train import optim
 from pgm_jax.train.step import (
@@ -89,7 +91,7 @@ def preset_configs(preset: str) -> dict[str, object]:
 
 def measure(config, args: argparse.Namespace) -> dict:
     """Times `args.steps` train steps after `args.warmup`; returns the row of the table."""
-    for key in ("remat", "logits_chunk", "scan_layers", "dtype"):
+    for key in ("remat", "logits_chunk", "scan_layers", "dtype", "attention"):
         if getattr(args, key) is not None:
             config.model[key] = getattr(args, key)
     devices = jax.devices()
@@ -122,6 +124,7 @@ def measure(config, args: argparse.Namespace) -> dict:
     return {
         "algo": config.algo, "params": sum(x.size for x in jax.tree.leaves(state.params)),
         "batch": batch_size, "length": model_cfg.length, "dtype": model_cfg.dtype,
+        "attention": attention.resolve(model_cfg.attention, devices[0].platform),
         "step_ms": 1e3 * seconds, "tokens_per_s": tokens_per_s,
         "gflop_per_token": per_token / 1e9, "tflops_per_device": achieved / 1e12,
         "mfu": achieved / peak if peak and model_cfg.dtype == "bfloat16" else None,
@@ -143,6 +146,8 @@ def main() -> None:
     p.add_argument("--logits_chunk", type=int, default=None)
     p.add_argument("--scan_layers", type=lambda s: s.lower() == "true", default=None)
     p.add_argument("--dtype", default=None, help="config.model.dtype override")
+    p.add_argument("--attention", default=None, choices=ATTENTION_KERNELS,
+                   help="config.model.attention override (default: the preset's, auto)")
     args = p.parse_args()
     paper = args.preset == "paper"
     args.batch_per_device = args.batch_per_device or (32 if paper else 8)
@@ -152,14 +157,15 @@ def main() -> None:
     device = jax.devices()[0]
     print(f"{len(jax.devices())} x {device.device_kind} ({device.platform}), preset "
           f"{args.preset}, jax {jax.__version__}")
-    header = ("algo", "params", "batch x L", "dtype", "step ms", "tokens/s", "GFLOP/tok",
-              "TFLOP/s/dev", "MFU")
+    header = ("algo", "params", "batch x L", "dtype", "attention", "step ms", "tokens/s",
+              "GFLOP/tok", "TFLOP/s/dev", "MFU")
     print(" | ".join(header))
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         print(" | ".join((r["algo"], f"{r['params'] / 1e6:.1f}M", f"{r['batch']} x {r['length']}",
-                          r["dtype"], f"{r['step_ms']:.1f}", f"{r['tokens_per_s']:,.0f}",
-                          f"{r['gflop_per_token']:.3f}", f"{r['tflops_per_device']:.2f}", mfu)))
+                          r["dtype"], r["attention"], f"{r['step_ms']:.1f}",
+                          f"{r['tokens_per_s']:,.0f}", f"{r['gflop_per_token']:.3f}",
+                          f"{r['tflops_per_device']:.2f}", mfu)))
     print(json.dumps({"benchmark": "train_speed", "preset": args.preset,
                       "device": device.device_kind, "devices": len(jax.devices()),
                       "rows": rows}))

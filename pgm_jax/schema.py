@@ -39,8 +39,9 @@ def default_config() -> ConfigDict:
     # per-block rematerialisation: none | full (keep block inputs only) | dots (keep matmul
     # outputs) | dots_no_batch (keep weight matmuls, recompute attention)
     c.model.remat = "none"
-    # attention kernel: auto (splash on TPU, dense elsewhere) | dense (the oracle; CPU query
-    # chunks) | splash (Pallas TPU; O(L) memory). docs/attention.md says which serves what.
+    # attention kernel: auto (splash on TPU, tokamax on GPU, dense elsewhere) | dense (the
+    # oracle; CPU query chunks) | splash (Pallas TPU; O(L) memory) | tokamax (GPU flash
+    # attention: Mosaic GPU / Triton). docs/attention.md says which serves what.
     c.model.attention = "auto"
     c.model.scan_layers = False  # lax.scan over the blocks: one compiled block per stack
     c.model.logits_chunk = 0  # >0: training head + log-softmax over this many positions at once

@@ -1,6 +1,6 @@
 """The attention entry point: segment-id masks, the fused kernel (splash, in Pallas interpret
 mode on CPU) against the dense oracle in forward and gradients, and a full train step with
-each kernel.
+each fused kernel (splash, tokamax; tokamax's kernel tests: test_attention_tokamax.py).
 
 Edge cases in one batch of 4 sequences of an odd length (77 queries / keys, padded to 128
 inside splash): random groups in 2 packed documents, one group only (every cross-attention
@@ -8,6 +8,8 @@ row empty), the other group only, random groups in one document.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +35,7 @@ def _inputs(nk: int = N):
 def _cases():
     q, k, v, g, doc = _inputs()
     _, k2, v2, _, _ = _inputs(NK)
-    valid = jnp.arange(NK)[None] < jnp.array([NK, 40, 1, 63])[:, None]  # key padding
+    valid = jnp.arange(NK)[None] < jnp.array([NK, 0, 1, 63])[:, None]  # key padding
     return {
         "encoder": (q, k, v, attn.Segments.groups(g, doc)),
         "cross": (q, k, v, attn.Segments.groups(g, doc, cross=True)),
@@ -130,13 +132,13 @@ def test_fused_kernel_builds_no_quadratic_array():
 
 def test_resolve_and_validation():
     assert attn.resolve("auto", "tpu") == "splash"
-    assert attn.resolve("auto", "cpu") == "dense" and attn.resolve("auto", "gpu") == "dense"
+    assert attn.resolve("auto", "cpu") == "dense" and attn.resolve("auto", "gpu") == "tokamax"
     assert attn.resolve("splash", "cpu") == "splash"
     with pytest.raises(ValueError, match="model.attention"):
         attn.resolve("flash3", "tpu")
     from tests.helpers import tiny_config
 
-    assert ("attention", "must be one of ('auto', 'dense', 'splash')") in \
+    assert ("attention", "must be one of ('auto', 'dense', 'splash', 'tokamax')") in \
         tiny_config(attention="flash3").problems()
 
 
@@ -149,9 +151,9 @@ def test_dense_entry_point_equals_masked_attention_oracle():
 
 
 # ----------------------------------------------------------------------------- whole models
-def _train_step_result(kind: str, mesh, batch):
+def _train_step_result(kind: str, mesh, batch) -> tuple:
     """One PGM train step (packed documents, padding, tiny model) with `kind` attention,
-    traced under a 2-device data mesh (splash runs inside shard_map there)."""
+    traced under a 2-device data mesh (the fused kernels run inside shard_map there)."""
     import optax
     from flax import nnx
 
@@ -173,7 +175,8 @@ def _train_step_result(kind: str, mesh, batch):
     return state.params, metrics
 
 
-def test_pgm_train_step_with_splash_equals_dense():
+@functools.cache
+def _train_batch_and_mesh():
     from configs import base
     from pgm_jax import sharding
 
@@ -184,12 +187,33 @@ def test_pgm_train_step_with_splash_equals_dense():
     tokens = jax.random.randint(kt, (4, 40), 0, 63)
     segment_ids = jnp.zeros((4, 40), jnp.int32).at[:, 17:].set(1).at[1, 30:].set(2)
     valid = jnp.ones((4, 40), jnp.int32).at[3, 25:].set(0)
-    batch = {"tokens": tokens, "valid": valid, "segment_ids": segment_ids}
-    p_dense, m_dense = _train_step_result("dense", mesh, batch)
-    p_fused, m_fused = _train_step_result("splash", mesh, batch)
+    return mesh, {"tokens": tokens, "valid": valid, "segment_ids": segment_ids}
+
+
+@functools.cache
+def _train_step_cached(kind: str):
+    return _train_step_result(kind, *_train_batch_and_mesh())
+
+
+@pytest.mark.parametrize("kind", ["splash", "tokamax"])
+def test_pgm_train_step_with_fused_kernel_equals_dense(kind):
+    """One PGM train step with `kind` attention equals the dense step (the dense one is
+    computed once for both kernels)."""
+    p_dense, m_dense = _train_step_cached("dense")
+    p_fused, m_fused = _train_step_cached(kind)
     np.testing.assert_allclose(m_fused["loss"], m_dense["loss"], rtol=1e-5)
     np.testing.assert_allclose(m_fused["grad_norm"], m_dense["grad_norm"], rtol=1e-4)
     err = max(float(jnp.max(jnp.abs(a - b))) for a, b in
               zip(jax.tree.leaves(p_fused), jax.tree.leaves(p_dense), strict=True))
-    print("PGM train step, splash vs dense: max abs param diff", f"{err:.1e}")
+    print(f"PGM train step, {kind} vs dense: max abs param diff", f"{err:.1e}")
     assert err < 1e-5
+
+
+def test_splash_sequence_without_valid_key_is_exactly_zero(errors):
+    """Key padding where sequence 1 has no valid key: splash (like dense) outputs exactly 0
+    there, with zero query gradients (the kernel alone would average every key)."""
+    _, _, (out, (dq, _, _)), seg = errors["key_padding"]
+    assert not np.asarray(seg.kv[1]).any() and np.asarray(seg.kv[0]).all()
+    out, dq = np.asarray(out), np.asarray(dq)
+    assert (out[1] == 0).all() and (dq[1] == 0).all()
+    assert (np.abs(out[[0, 2, 3]]).max(axis=-1) > 0).all()

@@ -19,7 +19,11 @@ Kernels (`model.attention`):
 - `splash`: Pallas splash attention (TPU, Mosaic), vmapped over the batch inside `shard_map`
   over the batch mesh axes, with separate query / key ids; O(L) memory in forward and
   backward. Off TPU it runs in Pallas interpret mode (tests only: slow).
-- `auto`: `splash` on TPU, `dense` elsewhere (see docs/attention.md).
+- `tokamax`: tokamax's flash attention (GPU: Mosaic GPU for bf16 / fp16 on sm90+, else
+  Triton) inside `shard_map` like splash. Its masks are per-query key ranges; a stable sort of
+  the keys by id turns "same id" into one contiguous range per query. Off GPU it runs
+  tokamax's chunked XLA implementation (tests).
+- `auto`: `splash` on TPU, `tokamax` on GPU, `dense` elsewhere (see docs/attention.md).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from absl import logging
+from absl import flags, logging
 from jax.sharding import PartitionSpec as P
 
 from pgm_jax import sharding
@@ -92,12 +96,21 @@ class Segments:
         return mask
 
     def has_key(self) -> Array | None:
-        """bool [batch, nq]: the query has at least one allowed key; None when all do.
+        """bool [batch, nq | 1]: the query has at least one allowed key; None when all do.
 
         O(L log L): per-query counts of equal key ids by binary search in the sorted keys.
-        (Causal masks are only used for self-attention, where a query sees itself.)
+        Key padding gives [batch, 1] (a sequence without a valid key: every row empty), or,
+        causal, [batch, n]: a valid key at or before the query. (Causal masks are self-
+        attention, nq = nk; with query ids the query is assumed to see itself.)
         """
-        if self.causal or self.kv is None or self.q is None:
+        if self.kv is None:
+            return None
+        if self.q is None:
+            valid = self.kv == 1
+            if self.causal:
+                return jnp.cumsum(valid, axis=-1) > 0
+            return jnp.any(valid, axis=-1, keepdims=True)
+        if self.causal:
             return None
         kv = jnp.sort(self.kv, axis=-1)
         lo = jax.vmap(functools.partial(jnp.searchsorted, side="left"))(kv, self.q)
@@ -111,7 +124,7 @@ def resolve(kind: str, platform: str) -> str:
         raise ValueError(f"model.attention={kind!r}: must be one of {KERNELS}")
     if kind != "auto":
         return kind
-    return "splash" if platform == "tpu" else "dense"
+    return {"tpu": "splash", "gpu": "tokamax"}.get(platform, "dense")
 
 
 def attention(q: Array, k: Array, v: Array, seg: Segments, *, kind: str = "auto",
@@ -128,6 +141,8 @@ def attention(q: Array, k: Array, v: Array, seg: Segments, *, kind: str = "auto"
         mask = seg.dense_mask(q.shape[1], k.shape[1])
         mask = jnp.broadcast_to(mask, (q.shape[0], *mask.shape[1:]))
         return layers.masked_attention(q, k, v, mask, cpu_chunks=platform == "cpu")
+    if kernel == "tokamax":
+        return tokamax_attention(q, k, v, seg, gpu=platform == "gpu")
     return splash_attention(q, k, v, seg, interpret=platform != "tpu")
 
 
@@ -155,18 +170,24 @@ def splash_attention(q: Array, k: Array, v: Array, seg: Segments, *,
         in_axes = (0, 0, 0, None if ids is None else 0)
         return jax.vmap(kernel, in_axes=in_axes)(qt, kt, vt, ids)
 
+    out = _per_batch_shard(per_shard, (qt, kt, vt), (q_ids, kv_ids))
+    out = jnp.swapaxes(out[:, :, :nq], 1, 2).astype(v.dtype)  # [batch, nq, heads, d]
+    if has_key is not None:
+        out = jnp.where(has_key[:, :, None, None], out, jnp.zeros((), out.dtype))
+    return out.reshape(b, nq, h * d)
+
+
+def _per_batch_shard(fn, arrays: tuple[Array, ...], ids: tuple[Array | None, ...]) -> Array:
+    """fn(*arrays, *ids) inside `shard_map` over the mesh's batch axes (when the traced mesh
+    has any), every argument and the result split along axis 0; ids may be None. The kernels
+    are Pallas calls, which XLA cannot partition itself."""
     mesh = jax.sharding.get_abstract_mesh()
     axes = tuple(a for a in sharding.BATCH_AXES if not mesh.empty and a in mesh.axis_names)
     if axes:
         spec = P(axes)
-        ids_specs = (None, None) if q_ids is None else (spec, spec)
-        per_shard = jax.shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, spec, *ids_specs),
-                                  out_specs=spec, check_vma=False)
-    out = per_shard(qt, kt, vt, q_ids, kv_ids)[:, :, :nq]  # [batch, heads, nq, d]
-    out = jnp.swapaxes(out, 1, 2).astype(v.dtype)
-    if has_key is not None:
-        out = jnp.where(has_key[:, :, None, None], out, jnp.zeros((), out.dtype))
-    return out.reshape(b, nq, h * d)
+        in_specs = (spec,) * len(arrays) + tuple(None if i is None else spec for i in ids)
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)
+    return fn(*arrays, *ids)
 
 
 def _splash_lib():
@@ -220,6 +241,136 @@ def _splash_kernel(heads: int, nq: int, nk: int, causal: bool, interpret: bool):
     with jax.ensure_compile_time_eval():
         return lib.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1,
                                    interpret=interpret)
+
+
+# ----------------------------------------------------------------------------- tokamax (GPU)
+# tokamax implementations tried in order (the first that accepts the call runs). GPU: Mosaic
+# GPU (sm90 / sm100, bf16 / fp16: O(L) forward and backward), else Triton (float32, older
+# GPUs). Elsewhere the chunked XLA implementation (tests; it builds a bool [L, L] mask).
+_TOKAMAX_GPU = ("mosaic_gpu", "triton")
+_TOKAMAX_OTHER = ("xla_chunked",)
+
+
+def tokamax_attention(q: Array, k: Array, v: Array, seg: Segments, *, gpu: bool) -> Array:
+    """`attention` with tokamax's flash attention, per batch shard inside `shard_map`.
+
+    Shapes as `attention`. tokamax masks each query by one key range [k_start, k_end). Keys
+    are stably sorted by id, so the keys with a query's id are contiguous (found by binary
+    search, O(L log L)); queries are sorted too, so that the queries of one kernel block share
+    their range and the kernel skips the key blocks outside it. Lengths are padded to a
+    multiple of 128 (padded keys lie past every range); outputs return to query order.
+    """
+    if seg.causal and seg.q is not None:
+        raise ValueError("model.attention=tokamax: causal attention with query ids is not "
+                         "supported (no model uses it); use dense or splash")
+    b, nq, h, d = q.shape
+    scale = jnp.asarray(1.0 / math.sqrt(d), q.dtype)
+    shard = functools.partial(_tokamax_shard, causal=seg.causal,
+                              names=_TOKAMAX_GPU if gpu else _TOKAMAX_OTHER)
+    out = _per_batch_shard(shard, (q * scale, k, v), (seg.q, seg.kv))
+    return out.astype(v.dtype).reshape(b, nq, h * d)
+
+
+def _tokamax_shard(q: Array, k: Array, v: Array, q_ids: Array | None, kv_ids: Array | None,
+                   *, causal: bool, names: tuple[str, ...]) -> Array:
+    """One batch shard: q [b, nq, h, d] (pre-scaled), k, v [b, nk, h, d] -> [b, nq, h, d]."""
+    nq, nk = q.shape[1], k.shape[1]
+    nq_p, nk_p = _round_up(nq), _round_up(nk)
+    start, end, has_key, q_order, k_order = jax.vmap(
+        functools.partial(_key_ranges, nq=nq, nk=nk, causal=causal),
+        in_axes=(None if q_ids is None else 0, None if kv_ids is None else 0),
+        axis_size=q.shape[0])(q_ids, kv_ids)
+    if q_order is not None:
+        q = _take_rows(q, q_order)
+    if k_order is not None:
+        k, v = _take_rows(k, k_order), _take_rows(v, k_order)
+    # Padded queries see key 0 (finite, dropped below); padded keys lie past every range.
+    start, end = (jnp.pad(x, ((0, 0), (0, nq_p - nq)), constant_values=c)
+                  for x, c in ((start, 0), (end, 1)))
+    q = jnp.pad(q, ((0, 0), (0, nq_p - nq), (0, 0), (0, 0)))
+    k, v = (jnp.pad(t, ((0, 0), (0, nk_p - nk), (0, 0), (0, 0))) for t in (k, v))
+    mask = _tokamax_mask(k_start=start[:, None], k_end=end[:, None])  # [b, 1 (heads), nq_p]
+    out = _tokamax_call(q, k, v, mask, names)[:, :nq]
+    if has_key is not None:
+        out = jnp.where(has_key[:, :, None, None], out, jnp.zeros((), out.dtype))
+    if q_order is not None:
+        out = _take_rows(out, jnp.argsort(q_order, axis=-1))
+    return out
+
+
+def _key_ranges(q_ids: Array | None, kv_ids: Array | None, *, nq: int, nk: int, causal: bool
+                ) -> tuple[Array, Array, Array | None, Array | None, Array | None]:
+    """One example's key ranges: (k_start, k_end int32 [nq], has_key bool [nq] | None,
+    query order [nq] | None, key order [nk] | None), queries and ranges in kernel order.
+
+    Full / causal: no sort. Key padding (q_ids None): valid keys (kv = 1) sorted last, in
+    their order: [n_invalid, nk), or causally [n_invalid, n_invalid + #valid keys <= i).
+    Ids: both sides stably sorted by id; query id s sees [first key >= s, first key > s). A
+    query with no key gets a one-key range (finite softmax, no NaN in the kernels' backward
+    passes) and is zeroed afterwards.
+    """
+    if kv_ids is None:
+        end = jnp.minimum(jnp.arange(1, nq + 1), nk) if causal else jnp.full((nq,), nk)
+        return jnp.zeros((nq,), jnp.int32), end.astype(jnp.int32), None, None, None
+    if q_ids is None:
+        valid = (kv_ids == 1).astype(jnp.int32)
+        k_order = jnp.argsort(valid, stable=True)
+        first = nk - jnp.sum(valid)
+        if causal:
+            seen = jnp.cumsum(valid)[jnp.minimum(jnp.arange(nq), nk - 1)]
+        else:
+            seen = jnp.broadcast_to(nk - first, (nq,))
+        start, end, q_order = jnp.broadcast_to(first, (nq,)), first + seen, None
+    else:
+        k_order = jnp.argsort(kv_ids, stable=True)
+        q_order = jnp.argsort(q_ids, stable=True)
+        sorted_kv, sorted_q = kv_ids[k_order], q_ids[q_order]
+        start = jnp.searchsorted(sorted_kv, sorted_q, side="left")
+        end = jnp.searchsorted(sorted_kv, sorted_q, side="right")
+    has_key = end > start
+    start = jnp.where(has_key, start, jnp.minimum(start, nk - 1))
+    end = jnp.where(has_key, end, start + 1)
+    return start.astype(jnp.int32), end.astype(jnp.int32), has_key, q_order, k_order
+
+
+def _take_rows(x: Array, order: Array) -> Array:
+    """x [b, n, ...] with axis 1 reordered by order int [b, n]."""
+    return jnp.take_along_axis(x, order.reshape(*order.shape, *(1,) * (x.ndim - 2)), axis=1)
+
+
+def _tokamax_ops():
+    """tokamax's attention modules (api, base), imported on use (~4 s: off the CPU start-up
+    path). Private modules: the public function takes only a bool [L, L] mask and key lengths,
+    not per-query key ranges, hence the exact pin in requirements.txt."""
+    from tokamax._src.ops.attention import api, base
+
+    # tokamax reads its options from absl flags and parses sys.argv itself when nobody has,
+    # which fails on an argparse script's own flags (benchmarks/): use the defaults.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    return api, base
+
+
+def _tokamax_mask(**ranges: Array):
+    """tokamax's Mask from per-query key ranges (k_start, k_end)."""
+    return _tokamax_ops()[1].Mask(**ranges)
+
+
+def _tokamax_call(q: Array, k: Array, v: Array, mask, names: tuple[str, ...]) -> Array:
+    """The first of tokamax's implementations `names` that accepts the call (the others raise
+    NotImplementedError at trace time: Mosaic GPU for float32, or below sm90)."""
+    api, _ = _tokamax_ops()
+    errors = []
+    for name in names:
+        if name not in api.IMPLEMENTATIONS:  # its kernels did not import (no GPU support)
+            errors.append(f"{name}: not available")
+            continue
+        try:
+            return api.IMPLEMENTATIONS[name](q, k, v, mask=mask, logits_scale=1.0)
+        except NotImplementedError as e:
+            errors.append(f"{name}: {e}")
+    raise NotImplementedError("model.attention=tokamax: no implementation accepts "
+                              f"{q.dtype} {q.shape}: " + "; ".join(errors))
 
 
 def attend(q: Array, k: Array, v: Array, seg: Segments, kernel: tuple[str, str]) -> Array:

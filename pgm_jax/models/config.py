@@ -10,7 +10,7 @@ import jax.numpy as jnp
 PRE_QUERY_MODES = ("learn", "learn+freqs", "learn+freqs+mean", "learn+freqs+logsumexp")
 QUERY_PROCESS_MODES = ("linear", "mlp4")
 REMAT_MODES = ("none", "full", "dots", "dots_no_batch")
-ATTENTION_KERNELS = ("auto", "dense", "splash")  # models/attention.py
+ATTENTION_KERNELS = ("auto", "dense", "splash", "tokamax")  # models/attention.py
 MODEL_KINDS = ("pgm", "mdlm_dit", "ar", "image_pgm", "maskgit")
 IMAGE_KINDS = ("image_pgm", "maskgit")
 # Image PGM ids past the codebook (spec pgm_image.md §0): mask = codebook_size (a logit column
@@ -54,7 +54,7 @@ class ModelConfig:
     num_classes: int = 0  # images: class ids 0..num_classes-1; num_classes = the null class
     codebook_size: int = 0  # images: token ids 0..codebook_size-1
     label_dropout: float = 0.1  # images, training: P(label -> null class) for CFG
-    attention: str = "auto"  # kernel: auto | dense | splash (models/attention.py)
+    attention: str = "auto"  # kernel: auto | dense | splash | tokamax (models/attention.py)
     # The platform the program is compiled for ("" = this process's default backend); the
     # dry run sets it to the target's, so that `auto` and the dense layout follow the target.
     attention_platform: str = ""
