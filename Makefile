@@ -2,6 +2,8 @@
 #   make demo   create .venv, train a small PGM on the bundled Python docs (CPU), sample
 #   make demo-distill  distil the demo run with SDTT (CPU), then gen. perplexity (AR judge) and
 #                      entropy of teacher and student at 8 / 16 / 32 sampling steps
+#   make demo-downstream  lm-eval (pgm_jax.harness) on local tasks built from held-out demo text:
+#                         accuracy +- stderr of the PGM, MDLM and AR demo runs in one table
 #   make demo-images   train a class-conditional image PGM on scikit-learn's 8x8 digits (CPU),
 #                      sample a PNG grid (one row per digit)
 #   make test   create .venv with the dev extras, run the test suite (8 fake CPU devices)
@@ -16,7 +18,7 @@ DISTILL_DIR ?= $(DEMO_DIR)-distill
 AR_DIR ?= $(DEMO_DIR)-ar
 COMPARE_DIR ?= runs/compare
 
-.PHONY: demo demo-mdlm demo-distill demo-images compare test lint clean-demo
+.PHONY: demo demo-mdlm demo-distill demo-downstream demo-images compare test lint clean-demo
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,9 +41,16 @@ demo-mdlm: $(VENV)/.runtime
 # Trains the demo run and the AR judge first when they are missing (~10 minutes each).
 demo-distill: $(VENV)/.runtime
 	test -d $(DEMO_DIR)/checkpoints || $(PY) -m pgm_jax.main --config=configs/demo.py --workdir=$(DEMO_DIR)
-	test -d $(AR_DIR)/checkpoints || $(PY) -m pgm_jax.main --config=configs/demo.py --config.algo=ar --workdir=$(AR_DIR)
+	test -d $(AR_DIR)/checkpoints || $(PY) -m pgm_jax.main --config=configs/demo.py:ar --workdir=$(AR_DIR)
 	$(PY) -m pgm_jax.main --config=configs/distill.py:demo --config.distill.teacher=$(DEMO_DIR) --workdir=$(DISTILL_DIR)
 	$(PY) -m pgm_jax.compare_steps --runs=teacher=$(DEMO_DIR),student=$(DISTILL_DIR) --judge=$(AR_DIR) --steps=8,16,32 --output=$(DISTILL_DIR)/steps_table.jsonl
+
+# Trains the missing demo runs first (~10 minutes each).
+demo-downstream: $(VENV)/.runtime
+	test -d $(DEMO_DIR)/checkpoints || $(PY) -m pgm_jax.main --config=configs/demo.py --workdir=$(DEMO_DIR)
+	test -d $(DEMO_DIR)-mdlm/checkpoints || $(PY) -m pgm_jax.main --config=configs/demo.py:mdlm --workdir=$(DEMO_DIR)-mdlm
+	test -d $(AR_DIR)/checkpoints || $(PY) -m pgm_jax.main --config=configs/demo.py:ar --workdir=$(AR_DIR)
+	$(PY) -m benchmarks.downstream --runs=pgm=$(DEMO_DIR),mdlm=$(DEMO_DIR)-mdlm,ar=$(AR_DIR) --output=$(DEMO_DIR)-downstream --time_mc=1024
 
 demo-images: $(VENV)/.runtime
 	$(PY) -m pgm_jax.main --config=configs/digits.py --workdir=$(DIGITS_DIR)
@@ -60,4 +69,4 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/lint-imports
 
 clean-demo:
-	rm -rf $(DEMO_DIR) $(DEMO_DIR)-mdlm $(DISTILL_DIR) $(AR_DIR) $(DIGITS_DIR)
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)-mdlm $(DEMO_DIR)-downstream $(DISTILL_DIR) $(AR_DIR) $(DIGITS_DIR)
