@@ -8,11 +8,13 @@ slices or nodes); one -1 per group is filled from the device count. With a DCN p
 form a hybrid mesh: each slice (TPU multislice) or process (GPU nodes) owns a contiguous block
 of every axis, so only the DCN part of an axis crosses the slow network.
 
-Parameters carry logical axis names (`logical_axes` metadata set in `models/layers.py`);
-activations are constrained with the same names (`constrain`). `LOGICAL_RULES` maps each name
-to mesh axes. A dimension is only sharded when the mesh axis size divides it; otherwise it stays
-replicated, so small test models run on any mesh, and `check_replicated` refuses a layout where
-too much of the model ended up replicated that way.
+Parameters carry logical axis names (`logical_axes` metadata set in `models/layers.py`) that
+`WEIGHT_RULES` maps to mesh axes; activations are constrained (`constrain`) with names of their
+own (`activation_*`, the tuples in `models/layers.py`) that `ACTIVATION_RULES` maps, so a
+weight and an activation dimension of the same size can be laid out differently (as maxtext
+does). `LOGICAL_RULES` is the union of both. A dimension is only sharded when the mesh axis
+size divides it; otherwise it stays replicated, so small test models run on any mesh, and
+`check_replicated` refuses a layout where too much of the model ended up replicated that way.
 """
 
 from __future__ import annotations
@@ -35,11 +37,10 @@ DCN_KEYS = tuple(f"dcn_{a}" for a in MESH_AXES)
 
 Rules = Mapping[str, tuple[str, ...] | None]
 
-# logical name -> mesh axes (None = replicated). Parameters and activations share the names:
-# FSDP shards the embedding (and conditioning) dimension of every weight, tensor parallelism
-# the heads, MLP and vocabulary dimensions; activations keep their batch over data x fsdp.
-LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
-    "batch": BATCH_AXES,
+# logical name -> mesh axes (None = replicated).
+# Weights: FSDP shards the embedding (and conditioning) dimension of every weight, tensor
+# parallelism the heads, MLP and vocabulary dimensions.
+WEIGHT_RULES: dict[str, tuple[str, ...] | None] = {
     "embed": ("fsdp",),
     "cond": ("fsdp",),
     "mlp": ("tensor",),
@@ -47,6 +48,19 @@ LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
     "vocab": ("tensor",),
     "norm": None,
 }
+# Activations: the batch over data x fsdp (so GSPMD gathers FSDP weights instead of resharding
+# activations over the embedding), heads / MLP hidden / vocabulary over tensor, like the weights
+# that produce them; length, embedding and per-head features stay whole.
+ACTIVATION_RULES: dict[str, tuple[str, ...] | None] = {
+    "activation_batch": BATCH_AXES,
+    "activation_length": None,
+    "activation_embed": None,
+    "activation_heads": ("tensor",),
+    "activation_kv": None,
+    "activation_mlp": ("tensor",),
+    "activation_vocab": ("tensor",),
+}
+LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {**WEIGHT_RULES, **ACTIVATION_RULES}
 
 
 class MeshError(ValueError):
@@ -246,15 +260,22 @@ def check_replicated(layouts: Mapping[tuple, ParamLayout], mesh, max_fraction: f
 
 # ----------------------------------------------------------------------------- activations
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
-    """Sharding constraint on an activation by logical names; a no-op outside `traced_under`.
+    """Sharding constraint on an activation by `ACTIVATION_RULES` names; a no-op outside
+    `traced_under`. Raises KeyError for a name the rules do not know (checked on every call,
+    so a typo fails on one device too).
 
     Pins e.g. [batch, length, embed] activations to batch-over-(data, fsdp) so GSPMD gathers
     FSDP weights instead of resharding activations over the embedding dimension.
     """
+    unknown = [n for n in logical if n is not None and n not in ACTIVATION_RULES]
+    if unknown:
+        raise KeyError(f"unknown activation logical axes {unknown}; ACTIVATION_RULES has "
+                       f"{sorted(ACTIVATION_RULES)}")
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
-    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical, x.shape, mesh))
+    return jax.lax.with_sharding_constraint(
+        x, logical_to_spec(logical, x.shape, mesh, ACTIVATION_RULES))
 
 
 def traced_under(mesh: Mesh, fn: Callable) -> Callable:

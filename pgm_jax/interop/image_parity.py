@@ -27,7 +27,7 @@ from flax import nnx
 from pgm_jax.interop.image_convert import load_image_weights
 from pgm_jax.interop.parity import Row, UnsupportedFixture, compare, training_loss
 from pgm_jax.interop.torch_ckpt import CheckpointFormatError
-from pgm_jax.models import ModelConfig, build_model, layers
+from pgm_jax.models import ModelConfig, build_model, embeddings
 from pgm_jax.sampling import image_orders
 
 WEIGHT_FILES = {"npz": "state_dict.npz", "ckpt": "checkpoint.pth"}
@@ -144,9 +144,9 @@ def _pgm_outputs(model: nnx.Module, io: dict, cfg: ModelConfig) -> dict[str, jax
         pos = jnp.asarray(io[f"{p}_noisy_positions"])
         out[f"{p}_train_path_vs_fixed"] = jnp.take_along_axis(train, pos[..., None], axis=1)
     n_slots = io["aux_rope_cos"].shape[0] if "aux_rope_cos" in io else cfg.length + 3
-    cos, sin = layers.rope_table(n_slots, cfg.head_dim, cfg.rope_base)
+    cos, sin = embeddings.rope_table(n_slots, cfg.head_dim, cfg.rope_base)
     out["aux_rope_cos"], out["aux_rope_sin"] = cos, sin
-    out["aux_groupswap_pos_freqs"] = layers.sinusoidal_table(n_slots, cfg.hidden_size)
+    out["aux_groupswap_pos_freqs"] = embeddings.sinusoidal_table(n_slots, cfg.hidden_size)
     out["aux_halton_cells"] = image_orders.halton_cells(image_orders.grid_side(cfg.length))
     return out
 

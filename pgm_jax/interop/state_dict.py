@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from pgm_jax.interop.torch_ckpt import CheckpointFormatError
-from pgm_jax.models import layers
+from pgm_jax.models import embeddings
 
 Path = tuple[str | int, ...]
 BUFFERS = ("rotary_emb.inv_freq",)
@@ -122,7 +122,7 @@ def state_dict_to_params(model: nnx.Module, state: Mapping[str, np.ndarray], *,
 def _inv_freq_problem(model: nnx.Module, value: np.ndarray) -> str | None:
     """Why the RoPE buffer does not belong to `model` (None when it does)."""
     cfg = model.cfg
-    expected = layers.rope_inv_freq(cfg.head_dim, cfg.rope_base)
+    expected = embeddings.rope_inv_freq(cfg.head_dim, cfg.rope_base)
     if value.shape == expected.shape and np.allclose(value, expected, rtol=1e-6):
         return None
     return (f"got {value.shape}, the model's head_dim={cfg.head_dim} and "

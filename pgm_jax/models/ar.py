@@ -3,9 +3,10 @@
 Reference: `models/dit.py:DIT` with `algo.causal_attention=True` (`configs/algo/ar.yaml`),
 built from `DDiTBlockCausal`: the DiT block without adaLN (pre-LN causal self-attention with
 RoPE, then MLP, each branch added with dropout), no `sigma_map`, and a final layer without
-adaLN. We reuse `DiTBlock` / `FinalLayer` with their adaLN projections replaced by constants
-(shift = scale = 0, gate = 1): `x * (1 + 0) + 0` and `1 * y` are exact in floating point, so
-the computation is the reference's and the state-dict names and shapes match it one-to-one.
+adaLN. We reuse the shared `DiTBlock` / `FinalLayer` (and the `Backbone`'s RoPE and head)
+with their adaLN projections replaced by constants (shift = scale = 0, gate = 1):
+`x * (1 + 0) + 0` and `1 * y` are exact in floating point, so the computation is the
+reference's and the state-dict names and shapes match it one-to-one.
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pgm_jax import sharding
-from pgm_jax.models import heads, layers
+from pgm_jax.models import layers
 from pgm_jax.models.attention import Segments
+from pgm_jax.models.backbone import Backbone
+from pgm_jax.models.blocks import DiTBlock
 from pgm_jax.models.config import ModelConfig
-from pgm_jax.models.dit import (
-    ACTIVATION_AXES,
-    DiTBlock,
-    Embedding,
-    FinalLayer,
-    maybe_split,
-    run_blocks,
-)
+from pgm_jax.models.embeddings import Embedding
+from pgm_jax.models.heads import FinalLayer
+from pgm_jax.models.stacking import run_blocks
 
 Array = jax.Array
 
@@ -48,7 +46,7 @@ class ConstantModulation(nnx.Module):
         return jnp.broadcast_to(row, (c.shape[0], row.shape[0]))
 
 
-class AR(nnx.Module):
+class AR(Backbone):
     """Causal transformer LM: `model(tokens)[:, i]` predicts token i + 1."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -73,15 +71,10 @@ class AR(nnx.Module):
         float32 [batch, n] (MASK excluded), `cfg.logits_chunk` positions at a time.
         """
         b, n = tokens.shape
-        x = sharding.constrain(self.vocab_embed(tokens), ACTIVATION_AXES)
+        x = sharding.constrain(self.vocab_embed(tokens), layers.RESIDUAL)
         c = jnp.zeros((b, 0), jnp.float32)  # no conditioning: the modulations are constants
-        cos, sin = layers.rope_table(self.cfg.length, self.cfg.head_dim, self.cfg.rope_base)
-        rope = (jnp.asarray(cos)[None, :n], jnp.asarray(sin)[None, :n])
+        rope = self.rope(jnp.arange(n)[None])
         causal = Segments(causal=True)
-        x = run_blocks(self.blocks, x, maybe_split(key, len(self.blocks)),
+        x = run_blocks(self.blocks, x, layers.maybe_split(key, len(self.blocks)),
                        lambda block, h, k: block(h, c, rope, causal, k), self.cfg)
-        head = lambda h: self.output_layer(h, c)
-        if targets is None:
-            return head(x)
-        return heads.chunked_target_logprob(head, x, targets, self.cfg.mask_index,
-                                                 self.cfg.logits_chunk)
+        return self.head(x, c, targets)

@@ -1,4 +1,5 @@
-"""Training heads shared by the models: log p(target) from logits, optionally in chunks.
+"""Output heads shared by the models: the adaLN final layer, and logits or log p(target)
+from it, optionally in chunks.
 
 Lives in models/ (not objectives/) so that models never import objectives.
 """
@@ -9,8 +10,44 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
+
+from pgm_jax import sharding
+from pgm_jax.models import layers
+from pgm_jax.models.blocks import adaln, adaln_chunks, modulate
+from pgm_jax.models.config import ModelConfig
 
 Array = jax.Array
+
+
+class FinalLayer(nnx.Module):
+    """`logits = modulate(LN(y), shift, scale) @ W + b` with zero-initialised W, b, adaLN."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.norm_final = layers.LayerNorm(cfg.hidden_size)
+        self.linear = layers.Linear(
+            cfg.hidden_size, cfg.vocab_size, rngs=rngs, zero_init=True, axes=("embed", "vocab"),
+            dtype=cfg.compute_dtype,
+        )
+        self.adaLN_modulation = adaln(cfg, 2, rngs=rngs)
+
+    def __call__(self, y: Array, c: Array) -> Array:
+        """y: [batch, n, H] -> logits [batch, n, V] in the compute dtype."""
+        shift, scale = adaln_chunks(self.adaLN_modulation, c, 2)
+        logits = self.linear(modulate(self.norm_final(y), shift, scale))
+        return sharding.constrain(logits, layers.LOGITS)
+
+
+def logits_or_logprob(final: FinalLayer, y: Array, c: Array, targets: Array | None,
+                      cfg: ModelConfig) -> Array:
+    """The output layer on features y [batch, n, H] with conditioning c [batch, C]: logits
+    [batch, n, V], or with `targets` (int [batch, n]) their log-probabilities float32
+    [batch, n] under PGM post-processing (`cfg.mask_index` excluded), computed
+    `cfg.logits_chunk` positions at a time so the full logits never exist."""
+    if targets is None:
+        return final(y, c)
+    return chunked_target_logprob(lambda h: final(h, c), y, targets, cfg.mask_index,
+                                  cfg.logits_chunk)
 
 
 def target_logprob(logits: Array, targets: Array, mask_index: int) -> Array:

@@ -1,9 +1,9 @@
 """The class-conditional image PGM (`models/encoder_decoder.py:PartitionDIT`, spec
 pgm_image.md §2.1).
 
-The text PGM's modules carry over unchanged (adaLN DiT encoder blocks, GroupSwap, the
-cross-attention-only decoder, the adaLN head, scale-only LayerNorms, RoPE); what differs is
-around them:
+The text PGM's modules carry over unchanged (the shared `encoder_decoder` trunk: adaLN DiT
+encoder blocks, GroupSwap, the cross-attention-only decoder; the `backbone`'s adaLN head and
+RoPE; scale-only LayerNorms); what differs is around them:
 
 * conditioning: c = class embedding of the (possibly dropped) label, fed to every adaLN
   linear directly (no SiLU, no MLP, no time), so the adaLN input width is H;
@@ -25,43 +25,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pgm_jax.models import heads, layers
 from pgm_jax.models.attention import Segments
+from pgm_jax.models.backbone import Backbone
 from pgm_jax.models.config import ModelConfig
-from pgm_jax.models.dit import Embedding, FinalLayer
-from pgm_jax.models.pgm import Decoder, Encoder, encode_decode
+from pgm_jax.models.embeddings import ClassEmbedding, Embedding, Table
+from pgm_jax.models.encoder_decoder import Decoder, Encoder, encode_decode
+from pgm_jax.models.heads import FinalLayer
 
 Array = jax.Array
 NUM_REGISTERS = 2
 # Training slot of sequence position 0 (BOS): the registers take slots 0 and 1.
 OFFSET = NUM_REGISTERS
-
-
-class Table(nnx.Module):
-    """A learned lookup table `embedding` [rows, H] (torch `nn.Embedding.weight`)."""
-
-    def __init__(self, rows: int, dim: int, *, rngs: nnx.Rngs, std: float,
-                 axes: tuple[str | None, str | None] = (None, "embed")):
-        self.embedding = nnx.Param(std * jax.random.normal(rngs.params(), (rows, dim)),
-                                   logical_axes=axes)
-
-    def __call__(self, ids: Array) -> Array:
-        """ids: int [...] -> float32 [..., H]."""
-        return jnp.take(self.embedding[...], ids, axis=0)
-
-
-class ClassEmbedding(nnx.Module):
-    """`cls_embed.embedding_table` [num_classes + 1, H], N(0, 1); the last row is the null
-    class that classifier-free guidance's unconditional pass (and label dropout) uses."""
-
-    def __init__(self, num_classes: int, dim: int, *, rngs: nnx.Rngs, std: float = 1.0):
-        self.num_classes = num_classes
-        self.embedding_table = Table(num_classes + 1, dim, rngs=rngs, std=std)
-
-    def __call__(self, labels: Array, drop_label: Array) -> Array:
-        """labels: int [B]; drop_label: bool [B] -> c float32 [B, H]."""
-        y = jnp.where(drop_label.astype(bool), self.num_classes, labels)
-        return self.embedding_table(y)
 
 
 def block_config(cfg: ModelConfig) -> ModelConfig:
@@ -71,7 +45,7 @@ def block_config(cfg: ModelConfig) -> ModelConfig:
                                length=cfg.length + 1 + NUM_REGISTERS)
 
 
-class ImagePGM(nnx.Module):
+class ImagePGM(Backbone):
     """PartitionDIT: class-conditional PGM over BOS + N image tokens."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -89,10 +63,10 @@ class ImagePGM(nnx.Module):
     def bos_id(self) -> int:
         return self.cfg.codebook_size + 1
 
-    def rope(self, slots: Array) -> tuple[Array, Array]:
-        """slots: int [B|1, n] -> cos, sin float32 [B|1, n, d/2] (a constant table)."""
-        cos, sin = layers.rope_table(self.inner.length, self.cfg.head_dim, self.cfg.rope_base)
-        return jnp.asarray(cos)[slots], jnp.asarray(sin)[slots]
+    @property
+    def rope_length(self) -> int:
+        """RoPE is indexed by slot (registers, BOS, image tokens)."""
+        return self.inner.length
 
     def _trunk(self, h: Array, k_slots: Array, q_slots: Array, self_mask: Segments,
                cross_mask: Segments, c: Array, key: Array | None, debug: dict | None) -> Array:
@@ -102,11 +76,8 @@ class ImagePGM(nnx.Module):
                              self_mask, cross_mask, c, None, key, debug)
 
     def _head(self, y: Array, c: Array, targets: Array | None) -> Array:
-        if targets is None:
-            return self.output_layer(y, c).astype(jnp.float32)
-        return heads.chunked_target_logprob(
-            lambda z: self.output_layer(z, c), y, targets, self.cfg.mask_index,
-            self.cfg.logits_chunk)
+        """The shared head; logits in float32 (log-probabilities already are)."""
+        return self.head(y, c, targets).astype(jnp.float32)
 
     def __call__(
         self,

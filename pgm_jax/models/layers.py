@@ -1,9 +1,11 @@
-"""Building blocks shared by the PGM encoder-decoder and the MDLM DiT.
+"""Primitive layers of every model: Linear, LayerNorm, MLP, dropout, the head split and the
+dense attention oracle, and the logical names of activations.
 
 Every layer keeps its parameters in float32 and computes its matmuls in a configurable
 `dtype` (bf16 on accelerators); LayerNorm, softmax and the residual stream stay in float32
 (spec §1.11). Parameters carry a `logical_axes` metadata tuple that `pgm_jax.sharding` maps to
-mesh axes.
+mesh axes (`WEIGHT_RULES`); activations are constrained with the tuples below
+(`ACTIVATION_RULES`).
 
 Layouts follow the reference PyTorch code so that checkpoints convert one-to-one: a `Linear`
 kernel is the transposed torch weight, `[in, out]`; fused projections keep torch's row order
@@ -12,16 +14,22 @@ kernel is the transposed torch weight, `[in, out]`; fused projections keep torch
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from pgm_jax import sharding
+
 Array = jax.Array
+
+# Logical axes of activations (sharding.ACTIVATION_RULES), named once for every constrain call.
+RESIDUAL = ("activation_batch", "activation_length", "activation_embed")  # [batch, n, H]
+HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_kv")  # q, k, v
+MLP_HIDDEN = ("activation_batch", "activation_length", "activation_mlp")  # [batch, n, hidden]
+LOGITS = ("activation_batch", "activation_length", "activation_vocab")  # [batch, n, V]
 
 
 def torch_uniform(fan_in: int):
@@ -106,13 +114,19 @@ class Mlp(nnx.Module):
         activation: str = "gelu_tanh",
         dtype: jnp.dtype = jnp.float32,
         axes: tuple[str, str] = ("embed", "mlp"),
+        hidden_axes: tuple[str, ...] | None = None,
     ):
         self.fc_in = Linear(in_features, hidden, rngs=rngs, axes=axes, dtype=dtype)
         self.fc_out = Linear(hidden, out_features, rngs=rngs, axes=axes[::-1], dtype=dtype)
         self.activation = activation
+        self.hidden_axes = hidden_axes
 
     def __call__(self, x: Array) -> Array:
+        """x: [..., in] -> [..., out]; the hidden layer is constrained to `hidden_axes` (e.g.
+        MLP_HIDDEN for [batch, n, in] inputs) when given."""
         h = self.fc_in(x)
+        if self.hidden_axes is not None:
+            h = sharding.constrain(h, self.hidden_axes)
         if self.activation == "gelu_tanh":
             h = jax.nn.gelu(h, approximate=True)
         elif self.activation == "silu":
@@ -120,11 +134,6 @@ class Mlp(nnx.Module):
         else:
             raise ValueError(f"unknown activation {self.activation!r}")
         return self.fc_out(h)
-
-
-def modulate(x: Array, shift: Array, scale: Array) -> Array:
-    """adaLN modulation `x * (1 + scale) + shift`; shift/scale `[batch, 1, H]`."""
-    return x * (1.0 + scale) + shift
 
 
 def dropout(x: Array, rate: float, key: Array | None) -> Array:
@@ -135,70 +144,20 @@ def dropout(x: Array, rate: float, key: Array | None) -> Array:
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
-# ----------------------------------------------------------------------------- timestep embedding
-class TimestepEmbedder(nnx.Module):
-    """`c = silu(mlp(emb(sigma)))`, the reference `sigma_map` (256 sinusoid features -> C).
-
-    PGM never uses time (sigma is always 0), so `c` is a learned constant; the module is kept
-    so that checkpoints convert unchanged and the baselines can switch time conditioning on.
-    """
-
-    frequency_size = 256
-
-    def __init__(self, cond_dim: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
-        self.mlp = Mlp(
-            self.frequency_size, cond_dim, cond_dim, rngs=rngs, activation="silu", dtype=dtype,
-            axes=(None, "cond"),
-        )
-
-    def __call__(self, sigma: Array) -> Array:
-        """sigma: float[batch] -> c: float32[batch, C]."""
-        half = self.frequency_size // 2
-        freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
-        args = sigma.astype(jnp.float32)[:, None] * freqs[None]
-        emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
-        return jax.nn.silu(self.mlp(emb).astype(jnp.float32))
-
-
-# ----------------------------------------------------------------------------- rotary embeddings
-def rope_inv_freq(head_dim: int, base: float = 10000.0) -> np.ndarray:
-    """The reference buffer `rotary_emb.inv_freq`, float32 [head_dim // 2]."""
-    exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
-    return (np.float32(1.0) / (np.float32(base) ** exponent)).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=16)
-def rope_table(length: int, head_dim: int, base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin tables float32 [length, head_dim // 2] for absolute positions 0..length-1."""
-    t = np.arange(length, dtype=np.float32)
-    freqs = np.outer(t, rope_inv_freq(head_dim, base)).astype(np.float32)
-    return np.cos(freqs), np.sin(freqs)
-
-
-def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-    """NeoX (rotate-half) rotary embedding.
-
-    x: [batch, n, heads, d]; cos, sin: [batch or 1, n, d/2] gathered at absolute positions.
-    """
-    d2 = x.shape[-1] // 2
-    cos = cos[:, :, None, :].astype(x.dtype)
-    sin = sin[:, :, None, :].astype(x.dtype)
-    x1, x2 = x[..., :d2], x[..., d2:]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-@functools.lru_cache(maxsize=16)
-def sinusoidal_table(length: int, dim: int, base: float = 10000.0) -> np.ndarray:
-    """GroupSwap's `pos_freqs` float32 [length, dim]: cos half then sin half (not interleaved)."""
-    i = np.arange(dim // 2, dtype=np.float64)
-    angles = np.arange(length, dtype=np.float64)[:, None] / base ** (2 * i / dim)[None]
-    return np.concatenate([np.cos(angles), np.sin(angles)], axis=-1).astype(np.float32)
+def maybe_split(key: Array | None, n: int) -> list[Array | None]:
+    """n independent dropout keys, or n Nones in evaluation."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
 
 
 # ----------------------------------------------------------------------------- attention
 def split_heads(x: Array, n_heads: int) -> Array:
-    """[batch, n, heads*d] -> [batch, n, heads, d] (heads major, as torch's '(h d)')."""
-    return x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
+    """[batch, n, heads*d] -> [batch, n, heads, d] (heads major, as torch's '(h d)').
+
+    Constrained to HEADS: under tensor parallelism each device keeps the heads whose
+    projection columns (the weights' 'heads' axis) it holds, so dense attention runs on them
+    without communication.
+    """
+    return sharding.constrain(x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads), HEADS)
 
 
 def masked_attention(q: Array, k: Array, v: Array, mask: Array, *,

@@ -19,9 +19,11 @@ from flax import nnx
 
 from pgm_jax import sharding
 from pgm_jax.models import attention, heads, layers
+from pgm_jax.models.blocks import modulate
 from pgm_jax.models.config import ModelConfig
-from pgm_jax.models.dit import ACTIVATION_AXES, maybe_split, run_blocks
-from pgm_jax.models.image_pgm import ClassEmbedding, Table
+from pgm_jax.models.embeddings import ClassEmbedding, Table
+from pgm_jax.models.layers import maybe_split
+from pgm_jax.models.stacking import run_blocks
 
 Array = jax.Array
 RMS_EPS = 1e-5
@@ -124,7 +126,7 @@ class FeedForward(nnx.Module):
         self.w2 = xavier_linear(f, h, rngs=rngs, use_bias=False, axes=("mlp", "embed"), dtype=dt)
 
     def __call__(self, x: Array, key: Array | None) -> Array:
-        u = jax.nn.silu(self.w1(x)) * self.w3(x)
+        u = sharding.constrain(jax.nn.silu(self.w1(x)) * self.w3(x), layers.MLP_HIDDEN)
         return self.w2(layers.dropout(u, self.dropout, key))
 
 
@@ -141,8 +143,8 @@ class Block(nnx.Module):
     def __call__(self, x: Array, c: Array, key: Array | None) -> Array:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.mlp(c)
         k_attn, k_ff = maybe_split(key, 2)
-        x = x + gate1 * self.attn(layers.modulate(self.ln1(x), shift1, scale1), k_attn)
-        return x + gate2 * self.ff(layers.modulate(self.ln2(x), shift2, scale2), k_ff)
+        x = x + gate1 * self.attn(modulate(self.ln1(x), shift1, scale1), k_attn)
+        return x + gate2 * self.ff(modulate(self.ln2(x), shift2, scale2), k_ff)
 
 
 class TransformerEncoder(nnx.Module):
@@ -159,7 +161,7 @@ class LastNorm(nnx.Module):
 
     def __call__(self, x: Array, c: Array) -> Array:
         shift, scale = self.mlp(c)
-        return layers.modulate(self.norm_final(x), shift, scale)
+        return modulate(self.norm_final(x), shift, scale)
 
 
 class TiedHead(nnx.Module):
@@ -171,7 +173,7 @@ class TiedHead(nnx.Module):
     def __call__(self, x: Array, table: Array) -> Array:
         logits = jnp.einsum("bnh,vh->bnv", x.astype(table.dtype), table,
                             preferred_element_type=jnp.float32)
-        return sharding.constrain(logits + self.bias[...], ("batch", None, "vocab"))
+        return sharding.constrain(logits + self.bias[...], layers.LOGITS)
 
 
 class MaskGIT(nnx.Module):
@@ -205,7 +207,7 @@ class MaskGIT(nnx.Module):
         c = self.cls_emb(labels, drop_label)
         x = self.tok_emb(codes) + self.pos_emb.embedding[...][:n][None]
         reg = jnp.broadcast_to(self.reg_tokens.embedding[...][None], (b, 1, self.cfg.hidden_size))
-        x = sharding.constrain(jnp.concatenate([x, reg], axis=1), ACTIVATION_AXES)
+        x = sharding.constrain(jnp.concatenate([x, reg], axis=1), layers.RESIDUAL)
         x = run_blocks(self.transformer.layers, x, maybe_split(key, len(self.transformer.layers)),
                        lambda blk, h, k: blk(h, c, k), self.cfg)
         u = self.last_norm(x[:, :n], c)
