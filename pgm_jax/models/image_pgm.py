@@ -87,7 +87,7 @@ class ImagePGM(nnx.Module):
 
     @property
     def bos_id(self) -> int:
-        return self.cfg.codebook_size + 1
+        return self.cfg.image_bos_id
 
     def rope(self, slots: Array) -> tuple[Array, Array]:
         """slots: int [B|1, n] -> cos, sin float32 [B|1, n, d/2] (a constant table)."""
