@@ -29,10 +29,14 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 from absl import flags
 
 from pgm_jax import cli
+
+if TYPE_CHECKING:  # imported lazily below: flag errors are reported before JAX loads
+    from ml_collections import ConfigDict
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by pgm_jax.main/convert.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -101,7 +105,7 @@ def main(argv: list[str]) -> None:
     write_result(workdir, result)
 
 
-def evaluate_text(workdir: str, config) -> dict:
+def evaluate_text(workdir: str, config: ConfigDict) -> dict:
     """The text branch of `main`: validation NELBO, then sample quality under a judge."""
     import numpy as np
 
@@ -154,7 +158,7 @@ def evaluate_text(workdir: str, config) -> dict:
     return result
 
 
-def run_validation(workdir: str, config, step: int | None) -> tuple[dict, int]:
+def run_validation(workdir: str, config: ConfigDict, step: int | None) -> tuple[dict, int]:
     """(validation metrics, checkpoint step), text or image: the run set up as training sets it
     up (same mesh, data and checks), then `eval.evaluation.validation`."""
     from pgm_jax.eval.evaluation import validation
@@ -177,7 +181,7 @@ def write_result(workdir: str, result: dict) -> None:
     print(f"wrote {path}")
 
 
-def evaluate_images(workdir: str, config) -> dict:
+def evaluate_images(workdir: str, config: ConfigDict) -> dict:
     """The image branch of `main`: validation loss, then FID / IS when asked for."""
     from pgm_jax.config import model_config
     from pgm_jax.eval.image_fid import image_fid

@@ -34,10 +34,16 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import TYPE_CHECKING
 
 from absl import flags
 
 from pgm_jax import cli
+
+if TYPE_CHECKING:  # imported lazily below: flag errors are reported before JAX loads
+    from ml_collections import ConfigDict
+
+    from pgm_jax.sampling.settings import SamplerSettings
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by pgm_jax.main/convert.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -104,7 +110,7 @@ def main(argv: list[str]) -> None:
         sample_text(workdir, config, s, prefix)
 
 
-def sample_text(workdir: str, config, s, prefix: str) -> None:
+def sample_text(workdir: str, config: ConfigDict, s: SamplerSettings, prefix: str) -> None:
     """Unconditional text samples -> PREFIX.jsonl and PREFIX.txt, printed."""
     from pgm_jax.sampling import text_run
 
@@ -120,7 +126,8 @@ def sample_text(workdir: str, config, s, prefix: str) -> None:
           f"compilation included)")
 
 
-def sample_prompted(workdir: str, config, s, prefix: str) -> None:
+def sample_prompted(workdir: str, config: ConfigDict, s: SamplerSettings, prefix: str
+                    ) -> None:
     """The prompt flags: PREFIX.jsonl rows with the prompt and the completion apart."""
     from pgm_jax.sampling import prompted, text_run
 
@@ -159,7 +166,8 @@ def image_classes(num_classes: int) -> list[int] | None:
     return classes
 
 
-def sample_images(workdir: str, config, s, prefix: str) -> None:
+def sample_images(workdir: str, config: ConfigDict, s: SamplerSettings, prefix: str
+                  ) -> None:
     """Per-class image samples -> PREFIX.npz and PREFIX.png (see the module doc), printed."""
     import numpy as np
 
