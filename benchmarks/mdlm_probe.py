@@ -25,9 +25,9 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pgm_jax import sharding
+from pgm_jax.config import on_current_schema
 from pgm_jax.objectives import schedule
 from pgm_jax.restore import restore_params
-from pgm_jax.sampling.from_run import on_current_schema
 from pgm_jax.train import setup
 from pgm_jax.train.step import TrainState  # noqa: F401
 

@@ -16,9 +16,8 @@ import argparse
 import json
 
 from benchmarks.sampling_speed import time_sampler
-from pgm_jax.config import load_run_config, model_config
+from pgm_jax.config import load_run_config, model_config, on_current_schema
 from pgm_jax.data import load_tokenizer
-from pgm_jax.sampling.from_run import on_current_schema
 
 
 def main() -> None:

@@ -9,15 +9,14 @@ import difflib
 import json
 import os
 
+from absl import logging
 from ml_collections import ConfigDict
 
 from pgm_jax.models import ModelConfig
+from pgm_jax.models.registry import ALGO_TO_KIND, IMAGE_ALGOS
 from pgm_jax.schema import default_config
 
 NONFINITE = ("skip", "stop")  # config.train.nonfinite: what a NaN / Inf loss or gradient does
-ALGO_TO_KIND = {"pgm": "pgm", "mdlm": "mdlm_dit", "complement_mdlm": "mdlm_dit", "ar": "ar",
-                "image_pgm": "image_pgm", "maskgit": "maskgit"}
-IMAGE_ALGOS = ("image_pgm", "maskgit")  # class-conditional models over image token grids
 IMAGE_SOURCES = ("digits", "imagenet_vq")  # data.source values that hold images
 IMAGE_ORDERS = ("halton", "confidence")  # config.sample.order
 
@@ -33,13 +32,6 @@ def _err(key: str, value, message: str) -> ConfigError:
 def is_image(config: ConfigDict) -> bool:
     """True for the class-conditional image algorithms (image_pgm, maskgit)."""
     return config.algo in IMAGE_ALGOS
-
-
-def image_vocab(algo: str, codebook_size: int) -> tuple[int, int]:
-    """(vocab_size, mask_index) of an image model over `codebook_size` codes: the mask id is
-    codebook_size; PGM also embeds BOS = codebook_size + 1 (so vocab = codebook_size + 2),
-    MaskGIT has no BOS (vocab = codebook_size + 1)."""
-    return codebook_size + (2 if algo == "image_pgm" else 1), codebook_size
 
 
 def validate(config: ConfigDict) -> None:
@@ -131,8 +123,8 @@ def _check_image(config: ConfigDict) -> None:
             raise _err(f"model.{key}", m[key], f"must be > 0 for algo={config.algo}")
     if not 0.0 <= m.label_dropout < 1.0:
         raise _err("model.label_dropout", m.label_dropout, "must be in [0, 1)")
-    vocab, mask = image_vocab(config.algo, m.codebook_size)
-    for key, want in (("vocab_size", vocab), ("mask_index", mask)):
+    ids = ModelConfig(kind=ALGO_TO_KIND[config.algo], codebook_size=m.codebook_size)
+    for key, want in (("vocab_size", ids.image_vocab_size), ("mask_index", ids.image_mask_id)):
         if m[key] not in (-1, want):
             raise _err(f"model.{key}", m[key], f"algo={config.algo} with model.codebook_size="
                        f"{m.codebook_size} needs {want} (or -1: derived)")
@@ -203,9 +195,10 @@ def model_config(config: ConfigDict, *, vocab_size: int | None = None,
     images: derived from model.codebook_size when -1)."""
     values = dict(config.model.items())
     values["kind"] = ALGO_TO_KIND[config.algo]
-    if is_image(config):
-        derived = image_vocab(config.algo, config.model.codebook_size)
-        for key, value in zip(("vocab_size", "mask_index"), derived, strict=True):
+    if is_image(config):  # -1: derived from the codebook (ModelConfig's image ids)
+        ids = ModelConfig(kind=values["kind"], codebook_size=config.model.codebook_size)
+        for key, value in (("vocab_size", ids.image_vocab_size),
+                           ("mask_index", ids.image_mask_id)):
             if values[key] == -1:
                 values[key] = value
     if vocab_size is not None:
@@ -213,6 +206,25 @@ def model_config(config: ConfigDict, *, vocab_size: int | None = None,
     if mask_index is not None:
         values["mask_index"] = mask_index
     return ModelConfig.from_mapping(values)
+
+
+def on_current_schema(stored: ConfigDict) -> ConfigDict:
+    """A run's stored config on today's schema (pgm_jax/schema.py): keys added since the run
+    was written take their defaults, keys since removed are dropped (both logged)."""
+    config = default_config()
+    current, old = flatten(config), flatten(stored)
+    for key, value in old.items():
+        if key in current:
+            *parents, leaf = key.split(".")
+            node = config
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    added, dropped = sorted(current.keys() - old.keys()), sorted(old.keys() - current.keys())
+    if added or dropped:
+        logging.info("run config from an older schema: defaults for %s; ignored %s", added,
+                     dropped)
+    return config
 
 
 def save_config(config: ConfigDict, workdir: str) -> str:

@@ -20,17 +20,23 @@
 
     python -m pgm_jax.evaluate --workdir=runs/in_pgm --inception=inception_v3_weights_fid.pickle \
         --fid_stats=imagenet_val_256.npz --vq=vq8 --num_samples=50000 --cfg_w=2
-Writes `WORKDIR/eval_step_<N>.json` (or `--output`) and prints it.
+Writes `WORKDIR/eval_step_<N>.json` (or `--output`) and prints it. This module parses the flags
+and dispatches: validation to `eval.evaluation`, samples to `sampling.text_run` and
+`eval.image_fid`, all on `sharding.inference_mesh()` (the validation on the run's own mesh).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 from absl import flags
 
 from pgm_jax import cli
+
+if TYPE_CHECKING:  # imported lazily below: flag errors are reported before JAX loads
+    from ml_collections import ConfigDict
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by pgm_jax.main/convert.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -65,6 +71,7 @@ _ORDER = flags.DEFINE_enum("order", None, ["halton", "confidence"],
                            "Images: token order (default: config sample.order).")
 TEXT_FLAGS = ("judge", "judge_batch_size", "samples", "top_p", "float64")
 IMAGE_FLAGS = ("inception", "fid_stats", "vq", "cfg_w", "order")
+SAMPLE_FLAG_NAMES = {"batch_size": "sample_batch_size"}  # sampler setting -> its flag here
 
 
 def read_samples(path: str) -> tuple[list, set]:
@@ -84,31 +91,43 @@ def main(argv: list[str]) -> None:
     cli.require(os.path.isdir(workdir), f"--workdir={workdir}: no such directory (a run of "
                 "pgm_jax.main)")
     cli.require(_MAX_BATCHES.value >= 0, f"--max_batches={_MAX_BATCHES.value}: must be >= 0")
-    import numpy as np
+    from pgm_jax.config import is_image, load_run_config, on_current_schema
 
-    from pgm_jax import sharding
-    from pgm_jax.config import IMAGE_ALGOS, load_run_config, model_config
-    from pgm_jax.eval.evaluation import sample_quality
-    from pgm_jax.eval.judge import load_judge
-    from pgm_jax.sampling import from_run
-
-    config = from_run.on_current_schema(load_run_config(workdir))
-    image = config.algo in IMAGE_ALGOS
+    config = on_current_schema(load_run_config(workdir))
+    image = is_image(config)
     for name in TEXT_FLAGS if image else IMAGE_FLAGS:
         cli.require(flags.FLAGS[name].present == 0, f"--{name} applies to "
                     f"{'text' if image else 'image'} runs only; {workdir} is a {config.algo} run")
     if _BATCH.value is not None:
         cli.require(_BATCH.value > 0, f"--batch_size={_BATCH.value}: must be positive")
         config.train.eval_batch_size = _BATCH.value
-    if image:
-        result = evaluate_images(workdir, config)
-        write_result(workdir, result)
-        return
+    result = (evaluate_images if image else evaluate_text)(workdir, config)
+    write_result(workdir, result)
+
+
+def evaluate_text(workdir: str, config: ConfigDict) -> dict:
+    """The text branch of `main`: validation NELBO, then sample quality under a judge."""
+    import numpy as np
+
+    from pgm_jax import sharding
+    from pgm_jax.config import model_config
+    from pgm_jax.eval.evaluation import sample_quality
+    from pgm_jax.eval.judge import load_judge
+    from pgm_jax.sampling import text_run
+    from pgm_jax.sampling.settings import SamplerSettings
+
     ec = config.eval
     judge_path = ec["judge"] if _JUDGE.value is None else _JUDGE.value
     judge_batch = _JUDGE_BATCH.value or ec["judge_batch_size"]
     cli.require(judge_batch > 0, f"--judge_batch_size={judge_batch}: must be positive")
     cli.require(_VAL.value or bool(judge_path), "nothing to do: --noval and no --judge")
+    mcfg = model_config(config)
+    s = None
+    if judge_path and not _SAMPLES.value:  # checked before the validation pass
+        s = SamplerSettings.build(config, mcfg, flag_names=SAMPLE_FLAG_NAMES,
+                                  num_samples=_NUM.value or ec["num_samples"],
+                                  batch_size=_SAMPLE_BATCH.value, steps=_STEPS.value,
+                                  top_p=_TOP_P.value, float64=_F64.value)
     result: dict = {"workdir": os.path.abspath(workdir)}
     step = _STEP.value
     if _VAL.value:
@@ -118,11 +137,10 @@ def main(argv: list[str]) -> None:
               f"{int(result['val']['tokens'])} tokens in {result['val']['examples']} examples",
               flush=True)
     if judge_path:
-        mcfg = model_config(config)
-        tokenizer = from_run.run_tokenizer(config, workdir)
+        tokenizer = text_run.run_tokenizer(config, workdir)
         cli.require(tokenizer is not None, f"{workdir} has no tokenizer: generative perplexity "
                     "needs the samples as text")
-        judge = load_judge(judge_path, sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}))
+        judge = load_judge(judge_path, sharding.inference_mesh())
         if _SAMPLES.value:
             rows, steps = read_samples(_SAMPLES.value)
             samples = np.asarray(rows, np.int32)
@@ -131,19 +149,16 @@ def main(argv: list[str]) -> None:
             if len(steps) == 1 and "step" not in result:
                 result["step"] = next(iter(steps))
         else:
-            s = from_run.settings(config, mcfg, num_samples=_NUM.value or ec["num_samples"],
-                                  batch_size=_SAMPLE_BATCH.value, steps=_STEPS.value,
-                                  top_p=_TOP_P.value, float64=_F64.value)
-            samples, step = from_run.sample_run(workdir, config, s, step, _SEED.value, tokenizer)
+            samples, step = text_run.sample_run(workdir, config, s, step, _SEED.value, tokenizer)
             result["step"] = step
-            result["gen"] = {"sampling": dict(vars(s)), "seed": _SEED.value}
+            result["gen"] = {"sampling": s.text_fields(), "seed": _SEED.value}
         result["gen"].update(sample_quality(judge, samples, tokenizer, mcfg.length, judge_batch))
         print(f"samples: gen ppl {result['gen']['gen_ppl_first_chunk_retok']:.2f} (judge "
               f"{judge.name}) | entropy {result['gen']['entropy']:.3f}", flush=True)
-    write_result(workdir, result)
+    return result
 
 
-def run_validation(workdir: str, config, step: int | None) -> tuple[dict, int]:
+def run_validation(workdir: str, config: ConfigDict, step: int | None) -> tuple[dict, int]:
     """(validation metrics, checkpoint step), text or image: the run set up as training sets it
     up (same mesh, data and checks), then `eval.evaluation.validation`."""
     from pgm_jax.eval.evaluation import validation
@@ -166,59 +181,12 @@ def write_result(workdir: str, result: dict) -> None:
     print(f"wrote {path}")
 
 
-def image_fid(workdir: str, config, step: int | None) -> tuple[dict, int]:
-    """(FID / Inception Score of class-balanced samples, checkpoint step), spec §5: labels
-    0, 1, ..., num_classes - 1, 0, 1, ... (`--num_samples`, default eval.num_samples), codes
-    decoded by `--vq` and clipped to [-1, 1], Inception features against `--fid_stats`."""
-    import jax
-    import numpy as np
-
-    from pgm_jax import sharding
-    from pgm_jax.config import model_config
-    from pgm_jax.data import images
-    from pgm_jax.eval import fid, inception
-    from pgm_jax.interop.vq_convert import vq_from_checkpoint
-    from pgm_jax.restore import restore_params
-    from pgm_jax.sampling import image as image_sampling
-
-    mcfg = model_config(config)
-    settings = image_sampling.sampler_settings(config.sample)
-    settings.update({k: v for k, v in (("steps", _STEPS.value), ("cfg_w", _CFG_W.value),
-                                       ("order", _ORDER.value)) if v is not None})
-    cli.require(0 < settings["steps"] <= mcfg.length,
-                f"--steps={settings['steps']}: must be in [1, {mcfg.length}]")
-    cli.require(settings["cfg_w"] >= 0, f"--cfg_w={settings['cfg_w']}: must be >= 0")
-    num = _NUM.value or config.eval.num_samples
-    batch = _SAMPLE_BATCH.value or config.sample.batch_size
-    cli.require(num >= 10 and batch > 0, f"--num_samples={num} (>= 10, the IS splits) and "
-                f"--sample_batch_size={batch} (> 0)")
-    stats_ref = fid.load_stats(_FID_STATS.value)
-    vq = vq_from_checkpoint(_VQ.value)
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    extract = inception.InceptionExtractor(inception.load_inception(_INCEPTION.value), mesh=mesh)
-    graphdef, params, step = restore_params(workdir, mcfg, mesh, step, item="ema")
-    labels = (np.arange(num) % mcfg.num_classes).astype(np.int32)
-    feats, scores = fid.FeatureAccumulator(), fid.ISAccumulator(num)
-    key = jax.random.key(_SEED.value)
-    # One chunk of samples at a time: codes -> pixels -> Inception, nothing kept but the sums.
-    chunk = batch * max(1, 1024 // batch)
-    for i, start in enumerate(range(0, num, chunk)):
-        codes = image_sampling.image_samples(graphdef, params, mcfg, jax.random.fold_in(key, i),
-                                             labels[start:start + chunk], batch, **settings)
-        f, logits = extract(images.vq_pixels(vq, codes) * 2.0 - 1.0)
-        feats.update(f)
-        scores.update(logits)
-        print(f"FID samples: {start + len(codes)}/{num}", flush=True)
-    is_mean, is_std = scores.score()
-    return {"fid": fid.fid_from_stats(*feats.stats(), *stats_ref), "inception_score": is_mean,
-            "inception_score_std": is_std, "num_samples": num, "sampling": settings,
-            "seed": _SEED.value, "inception": os.path.abspath(_INCEPTION.value),
-            "fid_stats": os.path.abspath(_FID_STATS.value),
-            "vq": os.path.abspath(_VQ.value)}, step
-
-
-def evaluate_images(workdir: str, config) -> dict:
+def evaluate_images(workdir: str, config: ConfigDict) -> dict:
     """The image branch of `main`: validation loss, then FID / IS when asked for."""
+    from pgm_jax.config import model_config
+    from pgm_jax.eval.image_fid import image_fid
+    from pgm_jax.sampling.settings import SamplerSettings
+
     want_fid = bool(_INCEPTION.value or _FID_STATS.value)
     cli.require(bool(_INCEPTION.value) == bool(_FID_STATS.value),
                 "--inception and --fid_stats go together (FID needs both)")
@@ -231,6 +199,11 @@ def evaluate_images(workdir: str, config) -> dict:
         cli.require(bool(_VQ.value), f"FID of data.source={source} samples needs --vq=VQ "
                     "(the VQ model that decodes the codes to pixels)")
     cli.require(_VAL.value or want_fid, "nothing to do: --noval and no --inception/--fid_stats")
+    if want_fid:  # checked before the validation pass
+        s = SamplerSettings.build(config, model_config(config), flag_names=SAMPLE_FLAG_NAMES,
+                                  num_samples=_NUM.value or config.eval.num_samples,
+                                  batch_size=_SAMPLE_BATCH.value, steps=_STEPS.value,
+                                  cfg_w=_CFG_W.value, order=_ORDER.value)
     result: dict = {"workdir": os.path.abspath(workdir)}
     step = _STEP.value
     if _VAL.value:
@@ -240,7 +213,9 @@ def evaluate_images(workdir: str, config) -> dict:
         print(f"validation: nll {v['nll']:.4f} nats/token ({v['bits_per_token']:.4f} bits) | "
               f"{int(v['images'])} of {v['examples']} images", flush=True)
     if want_fid:
-        result["fid"], step = image_fid(workdir, config, step)
+        result["fid"], step = image_fid(workdir, config, s, inception_path=_INCEPTION.value,
+                                        fid_stats_path=_FID_STATS.value, vq_path=_VQ.value,
+                                        step=step, seed=_SEED.value)
         result["step"] = step
         print(f"samples: FID {result['fid']['fid']:.2f} | IS "
               f"{result['fid']['inception_score']:.2f}", flush=True)

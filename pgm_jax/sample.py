@@ -7,9 +7,12 @@
       --order=confidence --vq=VQ_DIR]
 
 PGM runs use the efficient sampler (`--mode`: efficient-uniform or efficient-non-uniform), MDLM
-runs the ancestral sampler, AR runs decode left to right. The EMA weights are restored onto a
-data-parallel mesh over every device and each batch is sharded over it (when the devices
-divide `--batch_size`); a progress bar counts samples. Writes `samples.jsonl` (checkpoint step,
+runs the ancestral sampler, AR runs decode left to right. For text and images alike the EMA
+weights are restored onto `sharding.inference_mesh()` (every device on the data axis) and each
+batch is sharded over it (when the devices divide `--batch_size`); a progress bar counts text
+samples. The flags override the run's `sample.*` settings (`sampling.settings.SamplerSettings`,
+checked before any checkpoint is read); this module parses them and dispatches to
+`sampling.text_run` / `sampling.image_run`. Writes `samples.jsonl` (checkpoint step,
 token ids, text) and `samples.txt` under the workdir (or the `--output` prefix).
 
 Prompts (`--prompt`, or `--prompts_file` with one prompt per line, a JSON string or plain
@@ -31,10 +34,16 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import TYPE_CHECKING
 
 from absl import flags
 
 from pgm_jax import cli
+
+if TYPE_CHECKING:  # imported lazily below: flag errors are reported before JAX loads
+    from ml_collections import ConfigDict
+
+    from pgm_jax.sampling.settings import SamplerSettings
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by pgm_jax.main/convert.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -75,104 +84,72 @@ def main(argv: list[str]) -> None:
     cli.require(os.path.isdir(_WORKDIR.value),
                 f"--workdir={_WORKDIR.value}: no such directory (a run of pgm_jax.main)")
     cli.require(_STEP.value is None or _STEP.value >= 0, f"--step={_STEP.value}: must be >= 0")
-    import jax
-
-    from pgm_jax.config import IMAGE_ALGOS, load_run_config, model_config
-    from pgm_jax.sampling import from_run
+    from pgm_jax.config import is_image, load_run_config, model_config
+    from pgm_jax.sampling.settings import SamplerSettings
 
     workdir = _WORKDIR.value
     config = load_run_config(workdir)
-    image = config.get("algo") in IMAGE_ALGOS
+    image = is_image(config)
     for name in TEXT_FLAGS if image else IMAGE_FLAGS:
         cli.require(flags.FLAGS[name].present == 0, f"--{name} applies to "
                     f"{'text' if image else 'image'} runs only; {workdir} is a "
                     f"{config.get('algo')} run")
+    given = {"num_samples": _NUM.value, "batch_size": _BATCH.value, "steps": _STEPS.value,
+             "temperature": _TEMP.value}
     if image:
-        sample_images(workdir, config)
-        return
-    s = from_run.settings(config, model_config(config), num_samples=_NUM.value,
-                          batch_size=_BATCH.value, steps=_STEPS.value, top_p=_TOP_P.value,
-                          temperature=_TEMP.value, float64=_F64.value, mode=_MODE.value)
-    tokenizer = from_run.run_tokenizer(config, workdir)
-    if _PROMPT.value is not None or _PROMPTS_FILE.value is not None or _MAX_NEW.present:
-        sample_prompted(workdir, config, s, tokenizer)
-        return
+        given |= {"order": _ORDER.value, "cfg_w": _CFG_W.value, "release_quirk": _QUIRK.value}
+    else:
+        given |= {"top_p": _TOP_P.value, "float64": _F64.value, "mode": _MODE.value}
+    s = SamplerSettings.build(config, model_config(config), **given)
+    prefix = _OUTPUT.value or os.path.join(workdir, "samples")
+    if image:
+        sample_images(workdir, config, s, prefix)
+    elif _PROMPT.value is not None or _PROMPTS_FILE.value is not None or _MAX_NEW.present:
+        sample_prompted(workdir, config, s, prefix)
+    else:
+        sample_text(workdir, config, s, prefix)
+
+
+def sample_text(workdir: str, config: ConfigDict, s: SamplerSettings, prefix: str) -> None:
+    """Unconditional text samples -> PREFIX.jsonl and PREFIX.txt, printed."""
+    from pgm_jax.sampling import text_run
+
+    tokenizer = text_run.run_tokenizer(config, workdir)
     t0 = time.perf_counter()
-    tokens, step = from_run.sample_run(workdir, config, s, _STEP.value, _SEED.value, tokenizer)
+    tokens, step = text_run.sample_run(workdir, config, s, _STEP.value, _SEED.value, tokenizer)
     seconds = time.perf_counter() - t0
     texts = [tokenizer.decode(row) if tokenizer else None for row in tokens.tolist()]
-    prefix = _OUTPUT.value or os.path.join(workdir, "samples")
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-        with open(prefix + ".jsonl", "w") as f:
-            for row, text in zip(tokens.tolist(), texts, strict=True):
-                f.write(json.dumps({"step": step, "tokens": row, "text": text}) + "\n")
-        with open(prefix + ".txt", "w") as f:
-            for j, (row, text) in enumerate(zip(tokens.tolist(), texts, strict=True)):
-                f.write(f"=== sample {j} ===\n{row if text is None else text}\n\n")
+    text_run.write_samples(prefix, tokens, texts, step)
     for j, (row, text) in enumerate(zip(tokens.tolist(), texts, strict=True)):
         print(f"=== sample {j} ===\n{row if text is None else text}\n")
     print(f"wrote {prefix}.jsonl and {prefix}.txt ({len(tokens)} samples in {seconds:.1f}s, "
           f"compilation included)")
 
 
-def sample_prompted(workdir: str, config, s, tokenizer) -> None:
-    """The prompt branch: samples.jsonl rows with the prompt and the completion apart."""
-    import jax
-
-    from pgm_jax import sharding
-    from pgm_jax.config import model_config
-    from pgm_jax.restore import restore_params
-    from pgm_jax.sampling import from_run, prompted
+def sample_prompted(workdir: str, config: ConfigDict, s: SamplerSettings, prefix: str
+                    ) -> None:
+    """The prompt flags: PREFIX.jsonl rows with the prompt and the completion apart."""
+    from pgm_jax.sampling import prompted, text_run
 
     cli.require((_PROMPT.value is None) != (_PROMPTS_FILE.value is None),
                 "give one of --prompt and --prompts_file")
     cli.require(_MAX_NEW.value is None or _MAX_NEW.value >= 0,
                 f"--max_new_tokens={_MAX_NEW.value}: must be >= 0")
+    tokenizer = text_run.run_tokenizer(config, workdir)
     cli.require(tokenizer is not None, f"{workdir} has no tokenizer, so text prompts cannot be "
                 "encoded: put the run's tokenizer file in the workdir (see data.tokenizer_path)")
     prompts = ([prompted.Prompt(_PROMPT.value)] if _PROMPT.value is not None
                else prompted.read_prompts_file(_PROMPTS_FILE.value))
-    mcfg = model_config(config)
-    per_prompt = _NUM.value or 1
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    graphdef, params, step = restore_params(workdir, mcfg, mesh, _STEP.value, item="ema")
     t0 = time.perf_counter()
-    cond, tokens = prompted.sample_prompts(
-        graphdef, params, mcfg, mesh, prompts, tokenizer,
-        bos_id=from_run.bos_id(config, tokenizer, workdir), per_prompt=per_prompt,
-        max_new_tokens=_MAX_NEW.value, seed=_SEED.value,
-        **(s.generate_kwargs() | {"batch_size": min(s.batch_size, len(prompts) * per_prompt)}))
+    rows, _ = text_run.sample_prompted_run(
+        workdir, config, s, prompts, tokenizer, per_prompt=_NUM.value or 1,
+        max_new_tokens=_MAX_NEW.value, step=_STEP.value, seed=_SEED.value)
     seconds = time.perf_counter() - t0
-    rows = prompted.records(prompts, cond, tokens, tokenizer, per_prompt, step)
-    prefix = _OUTPUT.value or os.path.join(workdir, "samples")
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-        with open(prefix + ".jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+    text_run.write_prompted(prefix, rows)
     for j, r in enumerate(rows):
         print(f"=== sample {j} ===\nPROMPT: {json.dumps(r['prompt'])}\n"
               f"COMPLETION: {r['completion']}\n")
     print(f"wrote {prefix}.jsonl ({len(rows)} samples in {seconds:.1f}s, compilation included)")
-
-
-def image_settings(config, model_cfg) -> dict:
-    """The run's `sample.*` image settings overridden by the flags given; checked."""
-    from pgm_jax.sampling.from_run import on_current_schema
-    from pgm_jax.sampling.image import sampler_settings
-
-    s = sampler_settings(on_current_schema(config).sample)
-    given = {"steps": _STEPS.value, "order": _ORDER.value, "temperature": _TEMP.value,
-             "cfg_w": _CFG_W.value, "release_quirk": _QUIRK.value}
-    s.update({k: v for k, v in given.items() if v is not None})
-    n = model_cfg.length
-    cli.require(0 < s["steps"] <= n, f"--steps={s['steps']}: must be in [1, {n}] (the image "
-                "tokens)")
-    cli.require(s["cfg_w"] >= 0, f"--cfg_w={s['cfg_w']}: must be >= 0")
-    # Same meaning as text (logits / temperature); the image samplers have no greedy mode.
-    cli.require(s["temperature"] > 0, f"--temperature={s['temperature']}: must be > 0 for "
-                "image runs (it divides the logits; 0 = greedy exists for text only)")
-    return s
 
 
 def image_classes(num_classes: int) -> list[int] | None:
@@ -189,28 +166,17 @@ def image_classes(num_classes: int) -> list[int] | None:
     return classes
 
 
-def sample_images(workdir: str, config) -> None:
-    """The image branch: per-class samples -> PREFIX.npz and PREFIX.png (see module doc)."""
-    import jax
+def sample_images(workdir: str, config: ConfigDict, s: SamplerSettings, prefix: str
+                  ) -> None:
+    """Per-class image samples -> PREFIX.npz and PREFIX.png (see the module doc), printed."""
     import numpy as np
 
-    from pgm_jax import sharding
     from pgm_jax.config import model_config
-    from pgm_jax.data import images
-    from pgm_jax.eval import grid
     from pgm_jax.interop.vq_convert import vq_from_checkpoint
-    from pgm_jax.restore import restore_params
-    from pgm_jax.sampling import image as image_sampling
-    from pgm_jax.sampling.from_run import on_current_schema
+    from pgm_jax.sampling.image_run import sample_image_run
 
-    mcfg = model_config(config)
-    settings = image_settings(config, mcfg)
-    per_class = _NUM.value or on_current_schema(config).sample.num_samples
-    batch = _BATCH.value or on_current_schema(config).sample.batch_size
-    cli.require(per_class > 0, f"--num_samples={per_class}: must be positive")
-    cli.require(batch > 0, f"--batch_size={batch}: must be positive")
-    labels = image_sampling.grid_labels(mcfg.num_classes, per_class,
-                                        image_classes(mcfg.num_classes))
+    num_classes = model_config(config).num_classes
+    classes = image_classes(num_classes)
     source = config.data.source
     cli.require(not (_VQ.value and source == "digits"), "--vq decodes VQ codes, but "
                 f"{workdir} is a digits run (its tokens are pixel levels)")
@@ -218,26 +184,13 @@ def sample_images(workdir: str, config) -> None:
         print(f"note: data.source={source} samples are VQ codes: pass --vq=DIR to decode them "
               "to a PNG; writing the codes only")
     vq = vq_from_checkpoint(_VQ.value) if _VQ.value else None
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    graphdef, params, step = restore_params(workdir, mcfg, mesh, _STEP.value, item="ema")
-    t0 = time.perf_counter()
-    codes = image_sampling.image_samples(graphdef, params, mcfg, jax.random.key(_SEED.value),
-                                         labels, batch, **settings)
-    seconds = time.perf_counter() - t0
-    if source == "digits":
-        pixels = images.digits_pixels(codes)
-    else:
-        pixels = None if vq is None else images.vq_pixels(vq, codes)
-    prefix = _OUTPUT.value or os.path.join(workdir, "samples")
-    paths = []
-    if jax.process_index() == 0:
-        paths = grid.save_image_samples(prefix, codes, labels, pixels, per_class,
-                                        step=np.int64(step), settings=json.dumps(settings))
-    counts = np.bincount(labels, minlength=mcfg.num_classes)
-    print(f"step {step}: {len(codes)} samples ({int(counts.max())} per class, classes "
-          f"{sorted(set(labels.tolist()))}) in {seconds:.1f}s (compilation included), "
-          f"{json.dumps(settings)}")
-    print(f"wrote {' and '.join(paths)}")
+    out = sample_image_run(workdir, config, s, prefix, classes=classes, step=_STEP.value,
+                           seed=_SEED.value, vq=vq)
+    counts = np.bincount(out.labels, minlength=num_classes)
+    print(f"step {out.step}: {len(out.codes)} samples ({int(counts.max())} per class, classes "
+          f"{sorted(set(out.labels.tolist()))}) in {out.seconds:.1f}s (compilation included), "
+          f"{json.dumps(s.image_kwargs())}")
+    print(f"wrote {' and '.join(out.paths)}")
 
 
 if __name__ == "__main__":

@@ -314,3 +314,14 @@ def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Arra
         k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
         for k, v in local.items()
     }
+
+
+# ----------------------------------------------------------------------------- inference
+def inference_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh of sampling, evaluation and judges: every device (or `devices`) on `data`.
+
+    Inference replicates the weights on every device (fsdp = tensor = 1) and splits each batch
+    over the data axis: the models served here fit one device, and a batch split needs no
+    collective inside the network.
+    """
+    return make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)

@@ -125,7 +125,7 @@ def test_converted_fixture_restores_raw_and_ema(tmp_path):
     assert stored.data.bos_id == hp["bos_token_id"] and stored.algo == "pgm"
     mcfg = config_lib.model_config(stored)
     assert mcfg == load_fixture(fixture)[0]
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    mesh = sharding.inference_mesh()
     abstract = nnx.eval_shape(lambda: build_model(mcfg))
     for item, npz in (("ema", "ema_state_dict.npz"), ("params", "state_dict.npz")):
         _, params, restored_step = restore_params(workdir, mcfg, mesh, None, item=item)

@@ -18,7 +18,8 @@ from pgm_jax.config import ConfigError, load_run_config, model_config, validate
 from pgm_jax.models import build_model
 from pgm_jax.objectives import sdtt
 from pgm_jax.restore import restore_params
-from pgm_jax.sampling import from_run
+from pgm_jax.sampling import text_run
+from pgm_jax.sampling.settings import SamplerSettings
 from pgm_jax.train import distill, loop, setup
 from pgm_jax.train.step import state_shardings
 
@@ -201,10 +202,10 @@ def test_distill_resume_and_rounds(tmp_path, teacher_dir):
         for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(t), strict=True):
             np.testing.assert_array_equal(a, b)
     # The distilled run samples at a reduced step count.
-    s = from_run.settings(config, model_config(config), num_samples=2, batch_size=2, steps=4,
-                          float64=True, top_p=None, temperature=None, mode=None, bucket=None)
-    tokens, step = from_run.sample_run(straight, config, s, None, 0,
-                                       from_run.run_tokenizer(config, straight))
+    s = SamplerSettings.build(config, model_config(config), num_samples=2, batch_size=2,
+                              steps=4, float64=True)
+    tokens, step = text_run.sample_run(straight, config, s, None, 0,
+                                       text_run.run_tokenizer(config, straight))
     assert step == 6 and tokens.shape == (2, 32)
 
 

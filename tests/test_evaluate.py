@@ -15,13 +15,12 @@ from test_gpt2 import ENDOFTEXT, EOS, _byte_to_char, random_gpt2, write_safetens
 
 from configs import demo
 from pgm_jax import checkpoint, sharding
-from pgm_jax.config import load_run_config, model_config, save_config
+from pgm_jax.config import load_run_config, model_config, on_current_schema, save_config
 from pgm_jax.data import load_text_data
 from pgm_jax.eval.evaluation import validation
 from pgm_jax.objectives import schedule
 from pgm_jax.objectives.validation import EVAL_SEED_OFFSET
 from pgm_jax.restore import CHECKPOINT_DIR, restore_params
-from pgm_jax.sampling.from_run import on_current_schema
 from pgm_jax.train.setup import setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +65,7 @@ def hand_nelbo(run_dir: str, blocks: np.ndarray, batch: int) -> float:
     gives t and the partition; group-1 tokens cost -log p / t; real rows only."""
     config = load_run_config(run_dir)
     mcfg = model_config(config)
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    mesh = sharding.inference_mesh()
     graphdef, params, _ = restore_params(run_dir, mcfg, mesh, item="ema")
     forward = jax.jit(lambda tokens, groups: nnx.merge(graphdef, params)(tokens, groups))
     base = jax.random.key(config.seed + EVAL_SEED_OFFSET)

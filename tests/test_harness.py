@@ -55,7 +55,7 @@ def test_local_tasks_end_to_end(tasks, kind):
     cfg = tiny_config(encoder_blocks=1, decoder_blocks=1) if kind == "pgm" else \
         tiny_config(kind="ar", n_blocks=1)
     graphdef, params = nnx.split(randomized_model(cfg))
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    mesh = sharding.inference_mesh()
     lm = PGMJaxLM(graphdef, nnx.to_pure_dict(params), cfg, CharTokenizer(), mesh, bos_id=BOS,
                   num_mc_samples=16, mc_batch=16, steps=8, batch_size=2)
     manager, _ = harness_run.task_dict(["tiny_mc", "tiny_cloze", "tiny_gen"], tasks)

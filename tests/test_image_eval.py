@@ -11,7 +11,8 @@ import pytest
 import scipy.linalg
 from PIL import Image
 
-from pgm_jax.eval import fid, grid, inception
+from pgm_jax.eval import fid, inception
+from pgm_jax.sampling import grid
 from pgm_jax.sharding import make_mesh
 
 SIZE = 75  # the smallest input every InceptionV3 stage accepts: keeps the CPU forward fast

@@ -96,7 +96,7 @@ def test_infilling_keeps_scattered_given_tokens(models, kind):
     tokens[:, 0] = BOS
     c = prompts.Conditioning(tokens, given, ~given)
     x = np.asarray(generate_many(graphdef, params, cfg, jax.random.key(5),
-                                 sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
+                                 sharding.inference_mesh(),
                                  num_samples=4, batch_size=3, steps=8, bos_id=BOS,
                                  progress=False, cond=c))
     check_kept_and_filled(x, c, fills_rest=False)

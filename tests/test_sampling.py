@@ -43,7 +43,7 @@ def mdlm_model():
 
 @pytest.fixture(scope="module")
 def mesh8():
-    return sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    return sharding.inference_mesh()
 
 
 def chi2_critical(df: int, z: float = 4.26) -> float:

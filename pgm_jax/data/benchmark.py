@@ -14,10 +14,10 @@ import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
-from pgm_jax.config import IMAGE_ALGOS
 from pgm_jax.data import load_text_data
 from pgm_jax.data.images import load_image_data
 from pgm_jax.data.pipeline import auto_worker_count
+from pgm_jax.models.registry import IMAGE_ALGOS
 
 
 def run_benchmark(config: ConfigDict, workdir: str) -> dict:

@@ -7,8 +7,10 @@ import logging
 from pgm_jax import sharding
 from pgm_jax.cli import UsageError, require
 from pgm_jax.config import load_run_config, model_config
+from pgm_jax.models.registry import TEXT_KINDS
 from pgm_jax.restore import restore_params
-from pgm_jax.sampling import from_run
+from pgm_jax.sampling import text_run
+from pgm_jax.sampling.settings import SamplerSettings
 
 
 def task_dict(tasks: list[str], include_path: str | None):
@@ -42,17 +44,17 @@ def evaluate(workdir: str, tasks: list[str], *, limit: int | None, include_path:
 
     config = load_run_config(workdir)
     mcfg = model_config(config)
-    require(mcfg.kind in ("pgm", "mdlm_dit", "ar"), f"{workdir}: a {mcfg.kind} run; the "
+    require(mcfg.kind in TEXT_KINDS, f"{workdir}: a {mcfg.kind} run; the "
             "harness takes text runs (PGM, MDLM, AR)")
-    tokenizer = from_run.run_tokenizer(config, workdir)
+    tokenizer = text_run.run_tokenizer(config, workdir)
     require(tokenizer is not None, f"{workdir} has no tokenizer, so task text cannot be "
             "encoded: put the run's tokenizer file in the workdir")
-    s = from_run.settings(config, mcfg, steps=steps)
+    s = SamplerSettings.build(config, mcfg, steps=steps)
     manager, tdict = task_dict(tasks, include_path)
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    mesh = sharding.inference_mesh()
     graphdef, params, step = restore_params(workdir, mcfg, mesh, step, item=weights)
     lm = PGMJaxLM(graphdef, params, mcfg, tokenizer, mesh,
-                  bos_id=from_run.bos_id(config, tokenizer, workdir),
+                  bos_id=text_run.bos_id(config, tokenizer, workdir),
                   num_mc_samples=num_mc_samples, mc_batch=mc_batch, joint=joint, steps=s.steps,
                   batch_size=batch_size, seed=seed)
     logging.getLogger("lm-eval").setLevel(logging.WARNING)

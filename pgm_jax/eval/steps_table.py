@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 
 from pgm_jax import sharding
-from pgm_jax.config import load_run_config, model_config
+from pgm_jax.config import load_run_config, model_config, on_current_schema
 from pgm_jax.eval.evaluation import sample_quality
 from pgm_jax.eval.judge import load_judge
-from pgm_jax.sampling import from_run
+from pgm_jax.sampling import text_run
+from pgm_jax.sampling.settings import SamplerSettings
 
 
 def steps_table(runs: dict[str, str], judge_path: str, steps: list[int], *, num_samples: int,
@@ -20,18 +21,17 @@ def steps_table(runs: dict[str, str], judge_path: str, steps: list[int], *, num_
                 judge_batch_size: int = 8) -> list[dict]:
     """One row per (run, steps): {"run", "workdir", "step", "steps", "gen_ppl", "entropy",
     "num_samples", "judge", "seconds"} from each run's EMA weights (newest checkpoint)."""
-    judge = load_judge(judge_path, sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}))
+    judge = load_judge(judge_path, sharding.inference_mesh())
     rows = []
     for name, workdir in runs.items():
-        config = from_run.on_current_schema(load_run_config(workdir))
+        config = on_current_schema(load_run_config(workdir))
         mcfg = model_config(config)
-        tokenizer = from_run.run_tokenizer(config, workdir)
+        tokenizer = text_run.run_tokenizer(config, workdir)
         for n in steps:
-            s = from_run.settings(config, mcfg, num_samples=num_samples, batch_size=batch_size,
-                                  steps=n, float64=float64, top_p=None, temperature=None,
-                                  mode=None, bucket=None)
+            s = SamplerSettings.build(config, mcfg, num_samples=num_samples,
+                                      batch_size=batch_size, steps=n, float64=float64)
             t0 = time.perf_counter()
-            samples, ckpt_step = from_run.sample_run(workdir, config, s, None, seed, tokenizer,
+            samples, ckpt_step = text_run.sample_run(workdir, config, s, None, seed, tokenizer,
                                                      progress=False)
             q = sample_quality(judge, samples, tokenizer, mcfg.length, judge_batch_size)
             rows.append({"run": name, "workdir": workdir, "step": ckpt_step, "steps": n,

@@ -73,8 +73,6 @@ def config_from_hparams(hp: dict, source: str | Path = "hparams.json") -> ModelC
             codebook_size=hp["codebook_size"], num_classes=hp["num_classes"],
             length=hp["num_image_tokens"], hidden_size=hp["hidden_size"],
             n_heads=hp["num_heads"], dropout=float(hp.get("dropout", 0.0)))
-        if hp.get("null_class_id", hp["num_classes"]) != hp["num_classes"]:
-            raise UnsupportedFixture(f"{source}: null_class_id must equal num_classes")
         if kind == "image_pgm":
             cfg = ModelConfig(**common, mlp_ratio=hp["mlp_ratio"],
                               encoder_blocks=hp["encoder_blocks"],
@@ -90,6 +88,9 @@ def config_from_hparams(hp: dict, source: str | Path = "hparams.json") -> ModelC
             cfg = ModelConfig(**common, mlp_ratio=ratio, n_blocks=hp["depth"])
     except KeyError as e:
         raise CheckpointFormatError(f"{source}: missing key {e.args[0]!r}") from e
+    if hp.get("null_class_id", cfg.null_class) != cfg.null_class:
+        raise UnsupportedFixture(f"{source}: null_class_id must equal num_classes (our null "
+                                 "class id)")
     problems = cfg.problems()
     if problems:
         field, msg = problems[0]

@@ -26,6 +26,7 @@ from pgm_jax.interop.parity import model_config_from_hparams
 from pgm_jax.interop.state_dict import state_dict_to_params
 from pgm_jax.interop.torch_ckpt import CheckpointFormatError
 from pgm_jax.models import build_model
+from pgm_jax.models.registry import ALGO_TO_KIND
 from pgm_jax.restore import CHECKPOINT_DIR
 from pgm_jax.schema import default_config
 
@@ -39,7 +40,7 @@ def run_config_from_hparams(hp: dict, base: ConfigDict, source: str | Path = "hp
     """
     mcfg = model_config_from_hparams(hp, source)
     c = ConfigDict(base.to_dict())
-    c.algo = next(a for a, k in config_lib.ALGO_TO_KIND.items() if k == mcfg.kind)
+    c.algo = next(a for a, k in ALGO_TO_KIND.items() if k == mcfg.kind)
     for f in dataclasses.fields(mcfg):
         if f.name in c.model:
             c.model[f.name] = getattr(mcfg, f.name)

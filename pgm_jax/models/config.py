@@ -7,15 +7,12 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from pgm_jax.models.registry import IMAGE_KINDS, MODEL_KINDS, PARTITION_KINDS
+
 PRE_QUERY_MODES = ("learn", "learn+freqs", "learn+freqs+mean", "learn+freqs+logsumexp")
 QUERY_PROCESS_MODES = ("linear", "mlp4")
 REMAT_MODES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_KERNELS = ("auto", "dense", "splash", "tokamax")  # models/attention.py
-MODEL_KINDS = ("pgm", "mdlm_dit", "ar", "image_pgm", "maskgit")
-IMAGE_KINDS = ("image_pgm", "maskgit")
-# Image PGM ids past the codebook (spec pgm_image.md §0): mask = codebook_size (a logit column
-# only), BOS = codebook_size + 1; MaskGIT: mask = codebook_size, no BOS.
-IMAGE_EXTRA_IDS = {"image_pgm": 2, "maskgit": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,9 +23,10 @@ class ModelConfig:
     `vocab_size` counts the mask token; `length` is the maximum sequence length (RoPE and
     GroupSwap position tables are built for positions 0..length-1). For the image kinds
     `length` is the number of image tokens N (grid side squared, raster order); the image PGM
-    adds BOS and two registers internally. Image ids: codes 0..codebook_size-1, mask id
-    codebook_size, BOS (image PGM) codebook_size + 1; class ids 0..num_classes-1 and the null
-    (unconditional) class num_classes.
+    adds BOS and two registers internally. Image ids (spec pgm_image.md §0), the properties
+    below being their one definition: codes 0..codebook_size-1, `image_mask_id` =
+    codebook_size, `image_bos_id` = codebook_size + 1 (image PGM only); class ids
+    0..num_classes-1 and `null_class` = num_classes (unconditional).
     """
 
     kind: str = "pgm"
@@ -66,6 +64,27 @@ class ModelConfig:
     @property
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
+
+    @property
+    def image_mask_id(self) -> int:
+        """Images: the mask id, one past the codebook (for the image PGM a logit column only)."""
+        return self.codebook_size
+
+    @property
+    def image_bos_id(self) -> int:
+        """Image PGM: the BOS id at sequence position 0 (MaskGIT has none)."""
+        return self.codebook_size + 1
+
+    @property
+    def null_class(self) -> int:
+        """Images: the class id of the unconditional (dropped-label) branch."""
+        return self.num_classes
+
+    @property
+    def image_vocab_size(self) -> int:
+        """Images: codes + mask, + BOS for the image PGM."""
+        last = self.image_bos_id if self.kind == "image_pgm" else self.image_mask_id
+        return last + 1
 
     @classmethod
     def from_mapping(cls, m: Any) -> ModelConfig:
@@ -107,8 +126,8 @@ class ModelConfig:
         for name in ("length", "hidden_size", "cond_dim", "n_heads", "mlp_ratio", "vocab_size"):
             if getattr(self, name) <= 0:
                 out.append((name, "must be positive"))
-        pgm_like = self.kind in ("pgm", "image_pgm")
-        blocks = ("encoder_blocks", "decoder_blocks") if pgm_like else ("n_blocks",)
+        partition = self.kind in PARTITION_KINDS
+        blocks = ("encoder_blocks", "decoder_blocks") if partition else ("n_blocks",)
         for name in blocks:
             if getattr(self, name) <= 0:
                 out.append((name, "must be positive"))
@@ -122,11 +141,11 @@ class ModelConfig:
         for name in ("num_classes", "codebook_size"):
             if getattr(self, name) <= 0:
                 out.append((name, f"must be positive for kind={self.kind}"))
-        extra = IMAGE_EXTRA_IDS[self.kind]
-        if self.codebook_size > 0 and self.vocab_size != self.codebook_size + extra:
+        extra = self.image_vocab_size - self.codebook_size
+        if self.codebook_size > 0 and self.vocab_size != self.image_vocab_size:
             out.append(("vocab_size", f"must be codebook_size + {extra} = "
-                        f"{self.codebook_size + extra} for kind={self.kind}"))
-        if self.codebook_size > 0 and self.mask_index != self.codebook_size:
+                        f"{self.image_vocab_size} for kind={self.kind}"))
+        if self.codebook_size > 0 and self.mask_index != self.image_mask_id:
             out.append(("mask_index", f"must be codebook_size = {self.codebook_size} for "
                         f"kind={self.kind}"))
         if not 0.0 <= self.label_dropout < 1.0:

@@ -61,7 +61,7 @@ class ImagePGM(Backbone):
 
     @property
     def bos_id(self) -> int:
-        return self.cfg.codebook_size + 1
+        return self.cfg.image_bos_id
 
     @property
     def rope_length(self) -> int:

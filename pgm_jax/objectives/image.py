@@ -88,7 +88,7 @@ def image_pgm_loss(model, batch: Batch, key: Array, train: bool) -> tuple[Array,
     """
     cfg = model.cfg
     k_part, k_label, k_drop = jax.random.split(key, 3)
-    x = with_bos(batch["tokens"], cfg.codebook_size + 1)
+    x = with_bos(batch["tokens"], cfg.image_bos_id)
     # A batch may fix the draws (fixture parity feeds the reference's partition and drops).
     groups = batch["groups"] if "groups" in batch else pgm_partition(k_part, x.shape)
     drop = (batch["drop_label"] if "drop_label" in batch

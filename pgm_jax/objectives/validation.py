@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from pgm_jax import sharding
-from pgm_jax.config import IMAGE_ALGOS
+from pgm_jax.models.registry import IMAGE_ALGOS
 from pgm_jax.objectives.losses import LOSSES, LossFn
 
 Array = jax.Array

@@ -38,14 +38,14 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from pgm_jax import sharding
+from pgm_jax.config import IMAGE_ORDERS as ORDERS
 from pgm_jax.models import ModelConfig
+from pgm_jax.models.registry import IMAGE_KINDS
 from pgm_jax.sampling import image_orders as io
 from pgm_jax.sampling import pgm
 from pgm_jax.sampling.categorical import gumbel_argmax_float32
 
 Array = jax.Array
-ORDERS = ("halton", "confidence")
-KINDS = ("image_pgm", "maskgit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +75,9 @@ def sample_images(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: A
     everything a call with these arguments runs, runs no step, and returns meaningless codes
     (benchmarks exclude compilation with it).
     """
-    if model_cfg.kind not in KINDS:
-        raise ValueError(f"model.kind={model_cfg.kind!r}: the image samplers need one of {KINDS}")
+    if model_cfg.kind not in IMAGE_KINDS:
+        raise ValueError(f"model.kind={model_cfg.kind!r}: the image samplers need one of "
+                         f"{IMAGE_KINDS}")
     if order not in ORDERS:
         raise ValueError(f"sample.order={order!r}: must be one of {ORDERS}")
     if not temperature > 0:
@@ -134,9 +135,9 @@ def sample_maskgit(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: 
         noise = io.gumbel_scales(steps)
     sched = jax.tree.map(jnp.asarray, (rank, reveal, temps, weights, noise))
     calls = jnp.int32(0 if compile_only else steps)
-    code = rows(jnp.full((labels.shape[0], n), model_cfg.codebook_size, jnp.int32))  # all MASK
+    code = rows(jnp.full((labels.shape[0], n), model_cfg.image_mask_id, jnp.int32))  # all MASK
     return _maskgit_loop(graphdef, params, key, labels, code, *sched, calls,
-                         mask_id=model_cfg.codebook_size, codebook_size=model_cfg.codebook_size,
+                         mask_id=model_cfg.image_mask_id, codebook_size=model_cfg.codebook_size,
                          order=order, guided=guided, row_sharding=_row_sharding(code))
 
 
@@ -217,7 +218,7 @@ def sample_pgm(graphdef: nnx.GraphDef, params, model_cfg: ModelConfig, key: Arra
     first = io.halton_order(io.grid_side(n)) if order == "halton" else np.arange(n)
     positions = np.concatenate([[0], first + 1, np.zeros(pad, np.int64)]).astype(np.int32)
     positions = jnp.broadcast_to(jnp.asarray(positions), (b, positions.shape[0]))
-    packed = jnp.full(positions.shape, model_cfg.codebook_size + 1, jnp.int32)  # BOS
+    packed = jnp.full(positions.shape, model_cfg.image_bos_id, jnp.int32)
     packed, positions = rows(packed), rows(positions)
     if order == "halton":
         temps = io.halton_temperatures(1.0 / temperature, steps)
@@ -290,8 +291,9 @@ def _pgm_step_body(graphdef, params, labels, key, decoded, count, w, temp, noise
     # Draws are keyed by (row, position), so padding slots and keys never shift them.
     k_sample, k_noise = jax.random.split(key)
     if order == "halton":
-        # PGM-Halton never samples the mask or BOS ids; step 0's temperature is pre-halved.
-        logits = logits.at[..., codebook_size:codebook_size + 2].set(-jnp.inf) * temp
+        # PGM-Halton never samples an id past the codebook (mask, BOS); step 0's temperature
+        # is pre-halved.
+        logits = logits.at[..., codebook_size:].set(-jnp.inf) * temp
         new = io.draw_at_positions(k_sample, logits, window_pos)
         new = jnp.where(slots < count, new, window_tok)
         return jax.lax.dynamic_update_slice_in_dim(packed, new, start, axis=1), positions
@@ -365,9 +367,3 @@ def image_samples(graphdef: nnx.GraphDef, params: dict, model_cfg: ModelConfig, 
         codes = multihost_utils.process_allgather(codes, tiled=True)  # every process: all rows
         out.append(np.asarray(codes)[:len(chunk)])
     return np.concatenate(out).astype(np.int32)
-
-
-def sampler_settings(sample_cfg) -> dict:
-    """`sample_images`' keyword arguments from `config.sample` (a ConfigDict)."""
-    return {k: sample_cfg[k] for k in ("steps", "order", "temperature", "cfg_w",
-                                       "release_quirk", "bucket")}

@@ -24,7 +24,6 @@ from pgm_jax import config as config_lib
 from pgm_jax.metrics import TB_DIR, MetricsWriter, Progress
 from pgm_jax.objectives import sdtt
 from pgm_jax.restore import CHECKPOINT_DIR, restore_params
-from pgm_jax.sampling.from_run import on_current_schema
 from pgm_jax.tensorboard import ProfileWindow
 from pgm_jax.train import loop, setup
 from pgm_jax.train.preemption import PreemptionWatch
@@ -56,7 +55,7 @@ def check_config(config: ConfigDict) -> ConfigDict:
         raise err(f"config.distill.teacher={d.teacher!r}: not a run directory with checkpoints "
                   "(train one with pgm_jax.main or convert a reference .ckpt with "
                   "pgm_jax.convert)")
-    stored = on_current_schema(config_lib.load_run_config(d.teacher))
+    stored = config_lib.on_current_schema(config_lib.load_run_config(d.teacher))
     config_lib.check_resume(config, stored, d.teacher)  # same algo, model and vocabulary
     return stored
 

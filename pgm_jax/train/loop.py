@@ -19,12 +19,12 @@ from ml_collections import ConfigDict
 
 from pgm_jax import checkpoint, distributed, sharding
 from pgm_jax import config as config_lib
-from pgm_jax.eval import grid
 from pgm_jax.metrics import TB_DIR, MetricsWriter, NonFiniteError, Progress, nonfinite
 from pgm_jax.objectives.validation import evaluate
 from pgm_jax.restore import CHECKPOINT_DIR
-from pgm_jax.sampling import generate
+from pgm_jax.sampling import generate, grid
 from pgm_jax.sampling import image as image_sampling
+from pgm_jax.sampling.settings import SamplerSettings
 from pgm_jax.tensorboard import ProfileWindow
 from pgm_jax.train.preemption import PreemptionWatch
 from pgm_jax.train.setup import (
@@ -65,7 +65,7 @@ def write_image_samples(run: Run, params: dict, workdir: str, step: int) -> list
     codes = image_sampling.image_samples(run.graphdef, params, m,
                                          jax.random.key(run.config.seed + step), labels,
                                          c.batch_size, mesh=run.mesh,
-                                         **image_sampling.sampler_settings(c))
+                                         **SamplerSettings.build(run.config, m).image_kwargs())
     if jax.process_index() != 0:
         return []
     prefix = os.path.join(workdir, "samples", f"step_{step:06d}")
