@@ -9,6 +9,8 @@ Tasks (pgm_jax/eval/local_tasks.py, written to OUTPUT/tasks from the validation 
 the first run's corpus, the documents no run trained on):
 * `heldout_mc`: a 24-word context and 4 candidate 4-word continuations, one true (acc,
   acc_norm);
+* `heldout_order`: the same kind of context, its true next 4 words against 3 reorderings of
+  them (acc, acc_norm);
 * `heldout_cloze`: a 24-word context and its next word (acc = the word is the greedy
   continuation, as LAMBADA scores it).
 Every run goes through `python -m pgm_jax.harness` (the user's path; PGM / MDLM: conditional
@@ -29,7 +31,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TASKS = {"heldout_mc": ("acc", "acc_norm"), "heldout_cloze": ("acc",)}
+TASKS = {"heldout_mc": ("acc", "acc_norm"), "heldout_order": ("acc", "acc_norm"),
+         "heldout_cloze": ("acc",)}
 
 
 class UsageError(Exception):
@@ -77,6 +80,8 @@ def build_tasks(workdir: str, directory: str, n: int, seed: int) -> None:
     mc, cloze = local_tasks.corpus_tasks(held_out_texts(workdir), n, seed=seed)
     local_tasks.write_task(directory, "heldout_mc", mc, "mc")
     local_tasks.write_task(directory, "heldout_cloze", cloze, "cloze")
+    order = local_tasks.corpus_order_task(held_out_texts(workdir), n, seed=seed)
+    local_tasks.write_task(directory, "heldout_order", order, "mc")
 
 
 def run_harness(workdir: str, tasks_dir: str, out: str, args: argparse.Namespace) -> dict:
@@ -99,14 +104,14 @@ def time_loglikelihood(workdir: str, tasks_dir: str, k: int, reps: int) -> float
     from pgm_jax.config import load_run_config, model_config
     from pgm_jax.eval.likelihood import Scorer
     from pgm_jax.restore import restore_params
-    from pgm_jax.sampling import from_run
+    from pgm_jax.sampling import text_run
 
     config = load_run_config(workdir)
     mcfg = model_config(config)
-    tok = from_run.run_tokenizer(config, workdir)
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    tok = text_run.run_tokenizer(config, workdir)
+    mesh = sharding.inference_mesh()
     graphdef, params, _ = restore_params(workdir, mcfg, mesh)
-    scorer = Scorer(graphdef, params, mcfg, bos_id=from_run.bos_id(config, tok, workdir),
+    scorer = Scorer(graphdef, params, mcfg, bos_id=text_run.bos_id(config, tok, workdir),
                     eos_id=tok.eos_id, num_mc_samples=k, mc_batch=min(k, 256))
     with open(os.path.join(tasks_dir, "heldout_cloze.jsonl")) as f:
         docs = [json.loads(line) for line in f][:reps + 1]

@@ -47,3 +47,17 @@ def test_bad_runs_flag(tmp_path, capsys):
     assert downstream.main([f"--runs=pgm={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --runs:") and err.count("\n") == 1
+
+
+def test_order_task_choices_are_reorderings_of_the_true_words():
+    from pgm_jax.eval import local_tasks
+
+    text = " ".join(f"w{j}" for j in range(300)).replace("w17 ", "w17\n")
+    docs = local_tasks.corpus_order_task([text], n=6, seed=1)
+    assert len(docs) == 6
+    for d in docs:
+        words = [sorted(c.split()) for c in d["choices"]]
+        assert all(w == words[0] for w in words) and len(set(d["choices"])) == 4
+        true = d["choices"][d["label"]]
+        start = text.index(d["context"]) + len(d["context"])
+        assert text[start:start + len(true)] == true
