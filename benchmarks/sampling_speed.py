@@ -16,6 +16,7 @@ Presets (random weights, as the reference's `latency_sample` mode; speed does no
 With `--prompt_len P` every sequence starts from [BOS] + P random prompt tokens: PGM's calls
 and encoder length count only the L-1-P positions left (ceil((L-1-P)/k) calls), while MDLM still
 runs its S full-length steps, so the ratio should grow roughly like (L-1)/(L-1-P) for PGM's part.
+tok/s counts the tokens sampled: batch x (L - 1 - P).
 Each row is timed at two sampling precisions: float64 (the reference's Gumbel arithmetic, the
 paper's setting) and float32 (both samplers at their best). Latency is the median of `--runs`
 timed calls; compilation is excluded (PGM compiles each bucket's loop over an empty range of
@@ -130,9 +131,10 @@ def speed_rows(preset: str, batches: list[int], runs: int, mdlm_steps: int,
                 m = min(mdlm_steps, STEPS)
                 mdlm_s, mdlm_cpu = (v * STEPS / m for v in time_sampler(
                     shape.mdlm, batch, m, f64, runs, shape.bos_id, prompt_len=prompt_len))
+                decoded = batch * (length - 1 - prompt_len)  # tokens sampled (BOS, prompt given)
                 row = {"shape": shape.name, "length": length, "steps": STEPS, "batch": batch,
                        "precision": precision, "pgm_s": pgm_s, "mdlm_s": mdlm_s,
-                       "pgm_tok_s": batch * length / pgm_s, "mdlm_tok_s": batch * length / mdlm_s,
+                       "pgm_tok_s": decoded / pgm_s, "mdlm_tok_s": decoded / mdlm_s,
                        "ratio": mdlm_s / pgm_s, "pgm_cpu_s": pgm_cpu, "mdlm_cpu_s": mdlm_cpu,
                        "cpu_ratio": mdlm_cpu / pgm_cpu, "mdlm_timed_steps": m,
                        "prompt_len": prompt_len}
