@@ -329,7 +329,9 @@ def compare(a: argparse.Namespace) -> list[dict]:
         flag = "" if abs(d["ratio"] - 1.0) <= 0.05 else "  MISMATCH > 5%"
         print(f"[compare] params {m:15s} {d['params']:>11,d} ({d['ratio']:.3f} x PGM's)"
               + (f", {d['n_blocks']} blocks" if "n_blocks" in d else "") + flag, flush=True)
-    recorded = {m: float(preset(m, {}).optim.lr) for m in a.models}
+    from configs import demo
+
+    recorded = {m: float(demo.LEARNING_RATES[m]) for m in a.models}  # the last sweep's choices
     grid = {m: ([recorded[m]] if a.no_sweep else a.lrs) for m in a.models}
     # The AR run is the judge of the others' samples: it goes first.
     order = sorted(a.models, key=lambda m: m != "ar")
