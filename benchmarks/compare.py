@@ -49,7 +49,8 @@ EVAL_COST, SPEED_COST = 0.3, 0.2
 # --size: tiny is for tests (seconds per run); demo is configs/demo.py's shape; small (the
 # default: H 128, 2 heads) trains ~2.2x faster than demo: the whole default comparison (4 models
 # x 3 learning rates + evaluation and speed) took 67 CPU-minutes (user + sys) on a 2-core
-# AVX-512 EPYC, 2026-12-05, i.e. ~34 minutes of an otherwise idle 2-core machine.
+# AVX-512 EPYC, 2026-12-05: ~41 minutes on an idle 2-core machine at the 1.6 cores a training
+# run keeps busy (estimated from CPU time; not timed idle).
 SIZES = {
     "demo": {},
     "small": {"model.hidden_size": 128, "model.n_heads": 2, "model.cond_dim": 32},
