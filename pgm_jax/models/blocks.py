@@ -71,15 +71,10 @@ class DiTBlock(nnx.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = adaln_chunks(
             self.adaLN_modulation, c, 6
         )
-        k_attn, k_mlp = layers.maybe_split(key, 2)
         h = modulate(self.norm1(x), shift_msa, scale_msa)
         q, k, v = jnp.split(self.attn_qkv(h), 3, axis=-1)
-        q = embeddings.apply_rope(layers.split_heads(q, self.n_heads), *rope)
-        k = embeddings.apply_rope(layers.split_heads(k, self.n_heads), *rope)
-        a = attend(q, k, layers.split_heads(v, self.n_heads), mask, self.attn_kernel)
-        x = x + gate_msa * layers.dropout(self.attn_out(a), self.dropout, k_attn)
-        h = modulate(self.norm2(x), shift_mlp, scale_mlp)
-        return x + gate_mlp * layers.dropout(self.mlp(h), self.dropout, k_mlp)
+        a = _rope_attend(self, q, k, v, rope, rope, mask)
+        return _residual_tail(self, x, a, gate_msa, shift_mlp, scale_mlp, gate_mlp, key)
 
 
 class CrossAttnBlock(nnx.Module):
@@ -107,12 +102,28 @@ class CrossAttnBlock(nnx.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = adaln_chunks(
             self.adaLN_modulation, c, 6
         )
-        k_attn, k_mlp = layers.maybe_split(key, 2)
         hq = modulate(self.q_norm1(y), shift_msa, scale_msa)
         k, v = jnp.split(self.attn_kv(self.kv_norm1(h_enc)), 2, axis=-1)
-        q = embeddings.apply_rope(layers.split_heads(self.attn_q(hq), self.n_heads), *rope_q)
-        k = embeddings.apply_rope(layers.split_heads(k, self.n_heads), *rope_k)
-        a = attend(q, k, layers.split_heads(v, self.n_heads), mask, self.attn_kernel)
-        y = y + gate_msa * layers.dropout(self.attn_out(a), self.dropout, k_attn)
-        h = modulate(self.norm2(y), shift_mlp, scale_mlp)
-        return y + gate_mlp * layers.dropout(self.mlp(h), self.dropout, k_mlp)
+        a = _rope_attend(self, self.attn_q(hq), k, v, rope_q, rope_k, mask)
+        return _residual_tail(self, y, a, gate_msa, shift_mlp, scale_mlp, gate_mlp, key)
+
+
+def _rope_attend(block: DiTBlock | CrossAttnBlock, q: Array, k: Array, v: Array,
+                 rope_q: tuple[Array, Array], rope_k: tuple[Array, Array], mask: Segments
+                 ) -> Array:
+    """q: [batch, nq, H], k / v: [batch, nk, H] -> heads, RoPE on q and k, attention through
+    the block's kernel: [batch, nq, H]."""
+    q = embeddings.apply_rope(layers.split_heads(q, block.n_heads), *rope_q)
+    k = embeddings.apply_rope(layers.split_heads(k, block.n_heads), *rope_k)
+    return attend(q, k, layers.split_heads(v, block.n_heads), mask, block.attn_kernel)
+
+
+def _residual_tail(block: DiTBlock | CrossAttnBlock, x: Array, a: Array, gate_msa: Array,
+                   shift_mlp: Array, scale_mlp: Array, gate_mlp: Array, key: Array | None
+                   ) -> Array:
+    """The blocks' shared end: x + gate * out(a), then the adaLN-modulated MLP residual, with
+    dropout on both branches. x, a: [batch, n, H] -> [batch, n, H]."""
+    k_attn, k_mlp = layers.maybe_split(key, 2)
+    x = x + gate_msa * layers.dropout(block.attn_out(a), block.dropout, k_attn)
+    h = modulate(block.norm2(x), shift_mlp, scale_mlp)
+    return x + gate_mlp * layers.dropout(block.mlp(h), block.dropout, k_mlp)
