@@ -100,6 +100,7 @@ def run_harness(workdir: str, tasks_dir: str, out: str, args: argparse.Namespace
         res["pgm_jax"]["seconds"] = time.perf_counter() - t0
         with open(out, "w") as f:
             json.dump(res, f, indent=2, default=str)
+        return res
     with open(out) as f:
         return json.load(f)
 

@@ -90,16 +90,22 @@ def write_task(directory: str, name: str, docs: list[dict], kind: str,
     return path
 
 
+def _word_windows(texts: list[str], span: int) -> list[tuple[str, list[tuple[int, int]]]]:
+    """(document, [(start, end) of each of `span` words]) for every window inside a document."""
+    windows = []
+    for text in texts:
+        words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        windows += [(text, words[i:i + span]) for i in range(len(words) - span + 1)]
+    return windows
+
+
 def corpus_tasks(texts: list[str], n: int, seed: int = 0, context_words: int = 24,
                  answer_words: int = 4, choices: int = 4) -> tuple[list[dict], list[dict]]:
     """(multiple-choice docs, cloze docs), `n` each, from windows of words inside the documents
     `texts`, their original spacing and line breaks kept (what the models were trained on); a
     continuation carries the whitespace that precedes it. A window never crosses documents."""
     span = context_words + answer_words
-    windows = []  # (document, [(start, end) of each word]) for every window start
-    for text in texts:
-        words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
-        windows += [(text, words[i:i + span]) for i in range(len(words) - span + 1)]
+    windows = _word_windows(texts, span)
     if len(windows) < 4:
         raise ValueError(f"need documents of at least {span} words (+3 windows), got "
                          f"{len(windows)} windows")
@@ -135,10 +141,7 @@ def corpus_order_task(texts: list[str], n: int, seed: int = 0, context_words: in
     words against `choices - 1` distinct reorderings of them (the whitespace between words
     stays in place); windows whose words allow too few distinct orders are skipped."""
     span = context_words + answer_words
-    windows = []
-    for text in texts:
-        words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
-        windows += [(text, words[i:i + span]) for i in range(len(words) - span + 1)]
+    windows = _word_windows(texts, span)
     rng = random.Random(seed)
     docs = []
     for i in rng.sample(range(len(windows)), len(windows)):
